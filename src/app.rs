@@ -1,0 +1,1 @@
+//! Building and running vipd from a config.

@@ -1,0 +1,198 @@
+//! Configuration: one TOML file parsed into raw serde structs ([`raw`]), then validated
+//! ([`validate`]) into the typed [`Config`] below, whose fields need no further checks at runtime.
+//!
+//! The key names of the file are a user-facing contract; see `config/README.md`.
+
+mod error;
+mod raw;
+mod validate;
+
+pub use error::ConfigError;
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Process-wide runtime settings.
+    pub runtime: Runtime,
+    /// The admin server, if configured.
+    pub admin: Option<Admin>,
+    /// The services, in file order.
+    pub services: Vec<Service>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    /// Data-plane worker threads; `None` = one per available CPU.
+    pub workers: Option<usize>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// Address the admin HTTP server listens on.
+    pub listen: SocketAddr,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// DNS label, unique among services.
+    pub name: String,
+    /// The virtual IP the service's listeners bind.
+    pub vip: IpAddr,
+    /// The ports the service listens on (at least one).
+    pub ports: Vec<ServicePort>,
+    /// Backend endpoints (at least one).
+    pub endpoints: Vec<EndpointSpec>,
+    /// How connections are spread over endpoints.
+    pub balance: Balance,
+    /// Active health checking.
+    pub health: Health,
+    /// Connection handling, from `[defaults]` overridden by the service's own keys.
+    pub connection: ConnectionSettings,
+}
+
+impl Service {
+    /// The endpoint addresses behind `port`: each endpoint's IP with its explicit port or the
+    /// port's `target_port`.
+    pub fn endpoint_addrs(&self, port: &ServicePort) -> Vec<SocketAddr> {
+        self.endpoints
+            .iter()
+            .map(|e| SocketAddr::new(e.ip, e.port.unwrap_or(port.target_port)))
+            .collect()
+    }
+}
+
+/// One entry of a service's `ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port listened on at the VIP. (0 only when built in code: bind an ephemeral port.)
+    pub port: u16,
+    /// The port connections are forwarded to on each endpoint.
+    pub target_port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Optional name (used for DNS SRV records).
+    pub name: Option<String>,
+}
+
+/// Transport protocol of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+}
+
+impl Protocol {
+    /// The lowercase name used in config, metrics and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// One entry of a service's `endpoints`: an IP, with a port only for one-port services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// The endpoint's address.
+    pub ip: IpAddr,
+    /// Explicit port; `None` = the service port's `target_port`.
+    pub port: Option<u16>,
+}
+
+/// Balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each new connection goes to the next healthy endpoint in turn.
+    RoundRobin,
+}
+
+/// `[service.health]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// What a probe does.
+    pub check: HealthCheck,
+    /// Probe this port instead of the endpoint's own port.
+    pub port: Option<u16>,
+    /// Time between the starts of two probes of one endpoint.
+    pub period: Duration,
+    /// Deadline of one probe; shorter than `period`.
+    pub timeout: Duration,
+    /// Consecutive failures before a healthy endpoint is marked unhealthy.
+    pub failure_threshold: NonZeroU32,
+    /// Consecutive successes before an unhealthy endpoint is marked healthy.
+    pub success_threshold: NonZeroU32,
+}
+
+/// The kind of active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// A TCP connect must succeed.
+    Tcp,
+    /// `GET path` must answer 2xx or 3xx.
+    Http {
+        /// Request path, starting with `/`.
+        path: String,
+    },
+    /// No active checks: every endpoint is healthy.
+    None,
+}
+
+/// Per-connection settings (`[defaults]`, overridable per service).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionSettings {
+    /// Deadline of one connect attempt to an endpoint.
+    pub connect_timeout: Duration,
+    /// Close a connection with no bytes either way for this long.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long established connections may finish.
+    pub drain_timeout: Duration,
+    /// Distinct endpoints tried per client connection.
+    pub max_connect_attempts: NonZeroU32,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
+            max_connect_attempts: NonZeroU32::new(3).expect("non-zero"),
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check: HealthCheck::Tcp,
+            port: None,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            failure_threshold: NonZeroU32::new(2).expect("non-zero"),
+            success_threshold: NonZeroU32::new(1).expect("non-zero"),
+        }
+    }
+}
+
+/// Reads, parses and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_str(&text, path)
+}
+
+/// Parses and validates `text`; `path` is only used to name the file in errors.
+pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw = raw::parse(text, path)?;
+    validate::validate(raw, path)
+}

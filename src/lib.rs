@@ -1,0 +1,30 @@
+//! vipd: a Layer-4 service load balancer.
+//!
+//! Map of the crate:
+//! - [`config`]: the TOML file → raw serde structs → validated, typed [`config::Config`].
+//! - [`service`]: per-service state shared by control and data plane: endpoints with live
+//!   counters, the immutable snapshot the data plane reads lock-free, and the owner task that
+//!   rebuilds it when health changes.
+//! - [`health`]: the health state machine (pure) and the probes (tcp, http) around it.
+//! - [`balance`]: pickers that choose an endpoint for a new connection.
+//! - [`proxy`]: the data plane: accept, pick, connect with failover, copy both ways.
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`).
+//! - [`status`]: the `/status` document and the trait the admin server reads it through.
+//! - [`metrics`]: every metric name with its help text, and the Prometheus recorder.
+//! - [`shutdown`]: OS signals turned into cancellation.
+//! - [`app`]: binds everything from a config and runs it until cancelled; used by `main` and tests.
+//! - [`demo`]: the self-contained `vipd demo`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod service;
+pub mod shutdown;
+pub mod status;

@@ -1,0 +1,1 @@
+//! OS signals turned into cancellation.

@@ -1,0 +1,58 @@
+//! The `/status` document and the [`StatusSource`] trait the admin server reads it through, so
+//! the admin server does not depend on how services are run.
+
+use serde::Serialize;
+
+/// The whole `/status` document.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    /// Every service, in config order.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service in `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceStatus {
+    /// Service name.
+    pub name: String,
+    /// The VIP.
+    pub vip: String,
+    /// The service ports.
+    pub ports: Vec<PortStatus>,
+    /// Every endpoint address behind every port.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One service port in `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PortStatus {
+    /// The port bound at the VIP (the real one, also when configured as 0 in code).
+    pub port: u16,
+    /// The port forwarded to on each endpoint.
+    pub target_port: u16,
+    /// `"tcp"`.
+    pub protocol: &'static str,
+}
+
+/// One endpoint in `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EndpointStatus {
+    /// `IP:port` (IPv6 in brackets).
+    pub address: String,
+    /// Current health as seen by active checks.
+    pub healthy: bool,
+    /// Draining: gets no new connections, established ones run on.
+    pub draining: bool,
+    /// Connections currently open to it.
+    pub active_connections: u64,
+    /// Connections established to it since start.
+    pub connections_total: u64,
+}
+
+/// What the admin server needs from the running proxy.
+pub trait StatusSource: Send + Sync + 'static {
+    /// True once every listener is bound and every service finished its first health round.
+    fn ready(&self) -> bool;
+    /// A consistent-enough view of every service right now.
+    fn status(&self) -> Status;
+}
