@@ -23,3 +23,6 @@ pub const CONNECT_DURATION_SECONDS: &str = "vipd_connect_duration_seconds";
 pub const NO_HEALTHY_ENDPOINTS_TOTAL: &str = "vipd_no_healthy_endpoints_total";
 /// `vipd_accept_errors_total{service}`: accept() failures (e.g. out of file descriptors).
 pub const ACCEPT_ERRORS_TOTAL: &str = "vipd_accept_errors_total";
+
+/// Installs the recorder (stub until the admin work lands).
+pub fn install() {}

@@ -196,3 +196,30 @@ pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw = raw::parse(text, path)?;
     validate::validate(raw, path)
 }
+
+/// One line describing `service`, as printed by `vipd check`.
+pub fn summary(service: &Service) -> String {
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}->{}/{}",
+                SocketAddr::new(service.vip, p.port),
+                p.target_port,
+                p.protocol.as_str()
+            )
+        })
+        .collect();
+    let check = match &service.health.check {
+        HealthCheck::Tcp => format!("tcp every {:?}", service.health.period),
+        HealthCheck::Http { path } => format!("http {path} every {:?}", service.health.period),
+        HealthCheck::None => "none".to_owned(),
+    };
+    format!(
+        "service \"{}\": {}, {} endpoints, round robin, health {check}",
+        service.name,
+        ports.join(" "),
+        service.endpoints.len(),
+    )
+}

@@ -1,0 +1,166 @@
+//! TCP data path: the accept loop of one service port, and per connection: pick, connect with
+//! failover over distinct endpoints, then forward until done, idle, or the drain deadline.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::copy::{self, ByteCounters, CopyEnd};
+use crate::service::{Endpoint, ServiceState};
+
+/// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest back-off between accept attempts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts connections for port `port_index` of `service` until `shutdown` is cancelled, then
+/// drops the listener so new connections are refused at once. Connection tasks are spawned on
+/// `tracker` and finish on their own or at their service's drain deadline.
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<ServiceState>,
+    port_index: usize,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let service = Arc::clone(&service);
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    handle(client, peer, &service, port_index, &shutdown).await;
+                });
+            }
+            Err(error) => {
+                service.metrics.accept_errors.increment(1);
+                if is_transient_for_peer(&error) {
+                    // The peer gave up before we accepted: nothing to wait for.
+                    tracing::debug!(service = service.name(), %error, "accept failed");
+                    continue;
+                }
+                // Out of descriptors or memory: accepting again at once would spin. Wait for
+                // connections to close, growing the pause while the condition lasts.
+                tracing::warn!(service = service.name(), %error, pause = ?backoff, "accept failed; pausing");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    tracing::debug!(service = service.name(), "listener closed");
+}
+
+/// Accept errors caused by one peer rather than by the process's resources.
+fn is_transient_for_peer(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Serves one client connection from start to end.
+async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    service: &ServiceState,
+    port_index: usize,
+    shutdown: &CancellationToken,
+) {
+    // Small writes should not wait on Nagle: the client's own stack already decided when to send.
+    let _ = client.set_nodelay(true);
+    let Some((endpoint, mut upstream)) = connect(service, port_index).await else {
+        service.metrics.connections_failed.increment(1);
+        tracing::debug!(service = service.name(), %peer, "no endpoint reachable; closing client connection");
+        return;
+    };
+    let _active = endpoint.connection_opened();
+    let settings = &service.config.connection;
+    let counters = ByteCounters {
+        inbound: &endpoint.metrics.bytes_in,
+        outbound: &endpoint.metrics.bytes_out,
+    };
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        sleep(settings.drain_timeout).await;
+    };
+    tokio::select! {
+        result = copy::bidirectional(&mut client, &mut upstream, settings.idle_timeout, counters) => {
+            match result {
+                Ok(CopyEnd::Complete) => {}
+                Ok(CopyEnd::Idle) => tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), "idle timeout"),
+                Err(error) => tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), %error, "connection error"),
+            }
+        }
+        _ = drain_deadline => {
+            tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), "drain deadline reached; closing");
+        }
+    }
+}
+
+/// Picks and connects to an endpoint of the port, trying up to `max_connect_attempts` distinct
+/// endpoints in picker order. Returns `None` when every attempt failed.
+async fn connect(service: &ServiceState, port_index: usize) -> Option<(Arc<Endpoint>, TcpStream)> {
+    let snapshot = service.snapshot();
+    let pool = &snapshot.ports[port_index];
+    let (candidates, failed_open) = pool.candidates();
+    if candidates.is_empty() {
+        return None;
+    }
+    if failed_open {
+        service.metrics.no_healthy_endpoints.increment(1);
+    }
+    let settings = &service.config.connection;
+    let first = pool.picker.first(candidates.len());
+    let attempts = (settings.max_connect_attempts.get() as usize).min(candidates.len());
+    for offset in 0..attempts {
+        let endpoint = &candidates[(first + offset) % candidates.len()];
+        let started = Instant::now();
+        match timeout(settings.connect_timeout, connect_once(endpoint.addr())).await {
+            Ok(Ok(stream)) => {
+                service
+                    .metrics
+                    .connect_duration
+                    .record(started.elapsed().as_secs_f64());
+                return Some((Arc::clone(endpoint), stream));
+            }
+            Ok(Err(error)) => {
+                endpoint.metrics.connect_failures.increment(1);
+                tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "connect failed; trying the next endpoint");
+            }
+            Err(_) => {
+                endpoint.metrics.connect_failures.increment(1);
+                tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), timeout = ?settings.connect_timeout, "connect timed out; trying the next endpoint");
+            }
+        }
+    }
+    None
+}
+
+/// One TCP connect with the socket options every upstream connection gets.
+async fn connect_once(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
