@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,11 +17,24 @@ use crate::proxy::{listener, tcp};
 use crate::service::{ServiceState, owner};
 use crate::status::{Status, StatusSource};
 
+/// Where the app is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Bound, not yet accepting.
+    Bound,
+    /// Accepting connections.
+    Serving,
+    /// Listeners closed; established connections finishing within the drain timeout.
+    Draining,
+    /// Every connection closed.
+    Stopped,
+}
+
 /// Shared view of the running services, for the admin server and tests.
 #[derive(Debug)]
 pub struct AppState {
     services: Vec<Arc<ServiceState>>,
-    serving: AtomicBool,
+    phase: watch::Sender<Phase>,
 }
 
 impl AppState {
@@ -34,11 +47,26 @@ impl AppState {
     pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
         self.services.iter().find(|s| s.name() == name)
     }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Waits until the app has reached `phase` (or a later one).
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx.wait_for(|now| *now >= phase).await;
+    }
+
+    fn enter(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
 }
 
 impl StatusSource for AppState {
     fn ready(&self) -> bool {
-        self.serving.load(Ordering::Relaxed) && self.services.iter().all(|s| s.first_round_done())
+        self.phase() == Phase::Serving && self.services.iter().all(|s| s.first_round_done())
     }
 
     fn status(&self) -> Status {
@@ -87,7 +115,7 @@ impl App {
         Ok(App {
             state: Arc::new(AppState {
                 services,
-                serving: AtomicBool::new(false),
+                phase: watch::Sender::new(Phase::Bound),
             }),
             listeners,
             admin,
@@ -113,6 +141,7 @@ impl App {
     /// connections finish within their service's `drain_timeout`, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let connections = TaskTracker::new();
+        let accept_loops = TaskTracker::new();
         let control = TaskTracker::new();
         // The admin server outlives the drain so /metrics and /status stay readable meanwhile.
         let admin_stop = CancellationToken::new();
@@ -126,7 +155,7 @@ impl App {
         for (service, port_index, socket) in self.listeners {
             let addr = socket.local_addr()?;
             tracing::info!(service = service.name(), %addr, "listening");
-            control.spawn(tcp::serve(
+            accept_loops.spawn(tcp::serve(
                 socket,
                 service,
                 port_index,
@@ -134,7 +163,7 @@ impl App {
                 connections.clone(),
             ));
         }
-        self.state.serving.store(true, Ordering::Relaxed);
+        self.state.enter(Phase::Serving);
         let state = Arc::clone(&self.state);
         let stop_waiting = shutdown.clone();
         control.spawn(async move {
@@ -150,13 +179,17 @@ impl App {
         });
 
         shutdown.cancelled().await;
-        self.state.serving.store(false, Ordering::Relaxed);
+        // Every accept loop watches the same token; once they are done no listener is open.
+        accept_loops.close();
+        accept_loops.wait().await;
+        self.state.enter(Phase::Draining);
         connections.close();
-        let open = connections.len();
-        if open > 0 {
-            tracing::info!(connections = open, "draining established connections");
-        }
+        tracing::info!(
+            connections = connections.len(),
+            "listeners closed; draining established connections"
+        );
         connections.wait().await;
+        self.state.enter(Phase::Stopped);
         tracing::info!("all connections closed; stopping");
         admin_stop.cancel();
         control.close();
