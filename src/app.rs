@@ -145,6 +145,7 @@ impl App {
         let control = TaskTracker::new();
         // The admin server outlives the drain so /metrics and /status stay readable meanwhile.
         let admin_stop = CancellationToken::new();
+        control.spawn(crate::metrics::run_upkeep(admin_stop.clone()));
         if let Some(admin) = self.admin {
             let source: Arc<dyn StatusSource> = self.state.clone();
             control.spawn(crate::admin::serve(admin, source, admin_stop.clone()));

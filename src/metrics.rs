@@ -24,5 +24,194 @@ pub const NO_HEALTHY_ENDPOINTS_TOTAL: &str = "vipd_no_healthy_endpoints_total";
 /// `vipd_accept_errors_total{service}`: accept() failures (e.g. out of file descriptors).
 pub const ACCEPT_ERRORS_TOTAL: &str = "vipd_accept_errors_total";
 
-/// Installs the recorder (stub until the admin work lands).
-pub fn install() {}
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ::metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bounds (seconds) of the [`CONNECT_DURATION_SECONDS`] buckets: from sub-millisecond
+/// connects on a LAN up to the slowest connect timeout anyone should configure.
+const CONNECT_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// How often [`run_upkeep`] drains histogram samples when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs vipd's Prometheus recorder as the global `metrics` recorder and returns a handle
+/// to render it. Idempotent: later calls return a clone of the same handle.
+///
+/// Call it early (before the data plane starts): metrics recorded before any recorder is
+/// installed go to the `metrics` no-op recorder and are lost.
+///
+/// If some other global recorder was already installed (e.g. by a test harness or an
+/// embedding program), ours cannot replace it: the handle is still returned, but it renders
+/// only what is recorded through it directly, which in practice means an empty page.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(CONNECT_DURATION_SECONDS.to_owned()),
+                    CONNECT_DURATION_BUCKETS,
+                )
+                .expect("bucket list is a non-empty constant")
+                .build_recorder();
+            let handle = recorder.handle();
+            match ::metrics::set_global_recorder(recorder) {
+                // Describe only through our own recorder: describing into someone else's
+                // would be harmless but pointless.
+                Ok(()) => describe(),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "a global metrics recorder is already installed; /metrics will be empty"
+                ),
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Registers HELP text and units for every metric name, so `/metrics` documents itself.
+fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
+
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        Unit::Count,
+        "Connections established to an endpoint."
+    );
+    describe_gauge!(
+        ACTIVE_CONNECTIONS,
+        Unit::Count,
+        "Connections currently open to an endpoint."
+    );
+    describe_counter!(
+        CONNECT_FAILURES_TOTAL,
+        Unit::Count,
+        "Failed connect attempts to an endpoint."
+    );
+    describe_counter!(
+        CONNECTIONS_FAILED_TOTAL,
+        Unit::Count,
+        "Client connections closed because no endpoint could be reached."
+    );
+    describe_counter!(
+        BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes forwarded; direction in = client to endpoint, out = endpoint to client."
+    );
+    describe_gauge!(
+        ENDPOINT_HEALTHY,
+        "1 when active health checks find the endpoint healthy, else 0."
+    );
+    describe_counter!(
+        HEALTH_CHECKS_TOTAL,
+        Unit::Count,
+        "Health check probes by result (success, failure)."
+    );
+    describe_histogram!(
+        CONNECT_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to connect to an endpoint."
+    );
+    describe_counter!(
+        NO_HEALTHY_ENDPOINTS_TOTAL,
+        Unit::Count,
+        "Connections routed fail-open because no endpoint was healthy."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS_TOTAL,
+        Unit::Count,
+        "accept() failures on a service listener (e.g. out of file descriptors)."
+    );
+}
+
+/// Renders every metric in the Prometheus text format 0.0.4, installing the recorder first if
+/// needed.
+///
+/// Rendering drains pending histogram samples itself, so no separate upkeep is needed here.
+pub fn render() -> String {
+    install().render()
+}
+
+/// Drains histogram samples every few seconds until `shutdown` is cancelled.
+///
+/// Without the exporter's own HTTP listener nothing else does this between scrapes, and
+/// recorded-but-undrained samples are kept in memory, so an unscraped vipd would grow without
+/// bound. The admin server runs this for as long as it serves.
+pub async fn run_upkeep(shutdown: CancellationToken) {
+    let handle = install();
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    // After a stall, one catch-up drain is as good as many.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_is_idempotent_and_renders_described_histogram() {
+        install();
+        // A second call must not try to install another recorder (that would panic or warn)
+        // and must render the same registry.
+        let again = install();
+
+        ::metrics::counter!(CONNECTIONS_TOTAL, "service" => "metrics-test", "endpoint" => "10.0.0.1:80")
+            .increment(3);
+        ::metrics::histogram!(CONNECT_DURATION_SECONDS, "service" => "metrics-test").record(0.003);
+
+        let text = render();
+        assert!(
+            text.contains("# HELP vipd_connections_total Connections established to an endpoint."),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"vipd_connections_total{service="metrics-test",endpoint="10.0.0.1:80"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE vipd_connect_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"vipd_connect_duration_seconds_bucket{service="metrics-test",le="0.005"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"vipd_connect_duration_seconds_bucket{service="metrics-test",le="0.0025"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"vipd_connect_duration_seconds_count{service="metrics-test"} 1"#),
+            "{text}"
+        );
+        assert!(again.render().contains("metrics-test"));
+    }
+
+    #[tokio::test]
+    async fn upkeep_stops_on_cancel() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run_upkeep(shutdown))
+            .await
+            .expect("run_upkeep returns once cancelled");
+    }
+}
