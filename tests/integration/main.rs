@@ -1,0 +1,9 @@
+//! Integration tests: a real vipd (in process, or the binary) between real clients and real
+//! backends on 127.0.0.1, ports chosen by the kernel.
+
+mod support;
+
+mod admin;
+mod health;
+mod proxy;
+mod shutdown;

@@ -1,0 +1,224 @@
+//! Data path: round robin, connect failover, half-close, integrity, idle timeout.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vipd::config::HealthCheck;
+
+use crate::support::backend::Behaviour;
+use crate::support::harness::with_health;
+use crate::support::{Backend, Running, service, within};
+
+/// Connects through vipd and reads everything the backend says.
+async fn read_all_through(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to vipd");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    text
+}
+
+async fn named_backends(n: usize) -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for i in 0..n {
+        backends.push(Backend::start(&format!("backend-{i}"), Behaviour::Name).await);
+    }
+    backends
+}
+
+#[tokio::test]
+async fn round_robin_spreads_connections_exactly() {
+    let backends = named_backends(3).await;
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let vipd = Running::start(vec![service("rr-exact", &addrs)], false).await;
+    let vip = vipd.addr("rr-exact");
+
+    let mut hits: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        *hits.entry(read_all_through(vip).await).or_default() += 1;
+    }
+    for backend in &backends {
+        assert_eq!(hits.get(&backend.name), Some(&100), "hits: {hits:?}");
+    }
+    assert_eq!(hits.len(), 3, "hits: {hits:?}");
+}
+
+#[tokio::test]
+async fn dead_endpoint_costs_no_client_connection() {
+    let mut backends = named_backends(3).await;
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    // Health checks run, but with a period far longer than the test: only failover can help.
+    let svc = with_health(
+        service("failover", &addrs),
+        HealthCheck::Tcp,
+        Duration::from_secs(3600),
+    );
+    let vipd = Running::start(vec![svc], false).await;
+    vipd.ready().await;
+    let vip = vipd.addr("failover");
+
+    backends[1].stop().await;
+    let dead = backends[1].name.clone();
+    let mut hits: HashMap<String, usize> = HashMap::new();
+    for i in 0..100 {
+        let answer = read_all_through(vip).await;
+        assert!(!answer.is_empty(), "connection {i} got nothing");
+        *hits.entry(answer).or_default() += 1;
+    }
+    assert!(!hits.contains_key(&dead), "hits: {hits:?}");
+    assert_eq!(hits.values().sum::<usize>(), 100);
+    let service = vipd.service("failover");
+    let dead_endpoint = service
+        .endpoints()
+        .iter()
+        .find(|e| e.addr() == backends[1].addr)
+        .unwrap();
+    assert!(
+        dead_endpoint.is_healthy(),
+        "health checks must not have noticed yet"
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_down_closes_the_client_connection() {
+    let mut backends = named_backends(2).await;
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    for backend in &mut backends {
+        backend.stop().await;
+    }
+    let vipd = Running::start(vec![service("all-down", &addrs)], false).await;
+    assert_eq!(read_all_through(vipd.addr("all-down")).await, "");
+}
+
+#[tokio::test]
+async fn no_healthy_endpoint_fails_open() {
+    // The endpoint serves traffic but fails its health check (probe port has nothing).
+    let backend = Backend::start("only", Behaviour::Name).await;
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut svc = with_health(
+        service("fail-open", &[backend.addr]),
+        HealthCheck::Tcp,
+        Duration::from_millis(100),
+    );
+    svc.health.port = Some(closed_port);
+    svc.health.failure_threshold = std::num::NonZeroU32::new(1).unwrap();
+    let vipd = Running::start(vec![svc], false).await;
+    let service = vipd.service("fail-open");
+    let mut events = service.subscribe();
+    let endpoint = service.endpoints()[0].clone();
+    if endpoint.is_healthy() {
+        let event = within("marked down", events.recv()).await.unwrap();
+        assert!(!event.healthy);
+    }
+    assert_eq!(read_all_through(vipd.addr("fail-open")).await, "only");
+}
+
+#[tokio::test]
+async fn half_close_keeps_the_other_direction_open() {
+    let backend = Backend::start("counter", Behaviour::CountThenAnswer).await;
+    let vipd = Running::start(vec![service("half-close", &[backend.addr])], false).await;
+    let mut stream = TcpStream::connect(vipd.addr("half-close")).await.unwrap();
+    stream.write_all(&[7u8; 100_000]).await.unwrap();
+    // Our EOF must reach the backend while its answer can still come back.
+    stream.shutdown().await.unwrap();
+    let mut answer = String::new();
+    within("answer after half-close", stream.read_to_string(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer, "got 100000 bytes");
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so both ends can agree without storing them.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buffer: &mut [u8]) {
+        for chunk in buffer.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let word = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn bytes_arrive_intact_both_ways_at_once() {
+    const TOTAL: usize = 64 * 1024 * 1024;
+    let backend = Backend::start("echo", Behaviour::Echo).await;
+    let vipd = Running::start(vec![service("integrity", &[backend.addr])], false).await;
+    let stream = TcpStream::connect(vipd.addr("integrity")).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+
+    let send = tokio::spawn(async move {
+        let mut noise = Noise(0x9E37_79B9_7F4A_7C15);
+        let mut hasher = std::hash::DefaultHasher::new();
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut sent = 0;
+        while sent < TOTAL {
+            noise.fill(&mut buffer);
+            writer.write_all(&buffer).await.unwrap();
+            hasher.write(&buffer);
+            sent += buffer.len();
+        }
+        writer.shutdown().await.unwrap();
+        (sent, hasher.finish())
+    });
+    let receive = tokio::spawn(async move {
+        let mut hasher = std::hash::DefaultHasher::new();
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut received = 0;
+        let mut pending = Vec::new();
+        loop {
+            let n = reader.read(&mut buffer).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            // Hash in the sender's 256 KiB units so both sides hash the same byte sequence
+            // with the same chunking.
+            pending.extend_from_slice(&buffer[..n]);
+            while pending.len() >= buffer.len() {
+                hasher.write(&pending[..buffer.len()]);
+                pending.drain(..buffer.len());
+            }
+            received += n;
+        }
+        if !pending.is_empty() {
+            hasher.write(&pending);
+        }
+        (received, hasher.finish())
+    });
+    let (sent, sent_hash) = within("sending 64 MiB", send).await.unwrap();
+    let (received, received_hash) = within("receiving 64 MiB", receive).await.unwrap();
+    assert_eq!(sent, TOTAL);
+    assert_eq!(received, TOTAL);
+    assert_eq!(sent_hash, received_hash);
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed_after_idle_timeout() {
+    let backend = Backend::start("echo", Behaviour::Echo).await;
+    let mut svc = service("idle", &[backend.addr]);
+    svc.connection.idle_timeout = Duration::from_millis(300);
+    let vipd = Running::start(vec![svc], false).await;
+    let mut stream = TcpStream::connect(vipd.addr("idle")).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    // Nothing more is sent: vipd must close the connection by itself.
+    let mut rest = Vec::new();
+    let n = within("idle close", stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let endpoint = &vipd.service("idle").endpoints()[0];
+    assert_eq!(endpoint.connections_total(), 1);
+}

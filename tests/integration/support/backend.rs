@@ -1,0 +1,118 @@
+//! Backends on 127.0.0.1:0 with the behaviours the tests need.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// What a backend does with each connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    /// Writes its name and closes.
+    Name,
+    /// Echoes everything; on EOF shuts its write side down.
+    Echo,
+    /// Reads until EOF, then answers `got N bytes` and closes: needs half-close to work.
+    CountThenAnswer,
+}
+
+/// A running backend; [`Backend::stop`] closes its listener.
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its name (written by [`Behaviour::Name`]).
+    pub name: String,
+    accepted: Arc<AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend on 127.0.0.1:0.
+    pub async fn start(name: &str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        Self::serve(listener, name, behaviour)
+    }
+
+    /// Starts a backend on a given address (e.g. to bring a stopped one back).
+    pub async fn start_at(addr: SocketAddr, name: &str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("rebind backend");
+        Self::serve(listener, name, behaviour)
+    }
+
+    fn serve(listener: TcpListener, name: &str, behaviour: Behaviour) -> Backend {
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let own_name = name.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let name = own_name.clone();
+                tokio::spawn(handle(stream, name, behaviour));
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_owned(),
+            accepted,
+            task: Some(task),
+        }
+    }
+
+    /// Connections accepted so far (health probes included).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener (new connections are refused) and returns once it is closed.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // The listener is dropped when the aborted task is; awaiting it makes that certain.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, name: String, behaviour: Behaviour) {
+    match behaviour {
+        Behaviour::Name => {
+            let _ = stream.write_all(name.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+        Behaviour::Echo => {
+            let (mut reader, mut writer) = stream.split();
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            let _ = writer.shutdown().await;
+        }
+        Behaviour::CountThenAnswer => {
+            let mut total = 0usize;
+            let mut buffer = [0u8; 4096];
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(_) => return,
+                }
+            }
+            let _ = stream
+                .write_all(format!("got {total} bytes").as_bytes())
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
