@@ -87,11 +87,13 @@ where
             writer.shutdown().await?;
             return Ok(total);
         }
+        // Counted when read, before the write: whoever sees the bytes arrive also sees them
+        // counted.
+        counter.increment(n as u64);
+        total += n as u64;
         activity.touch();
         writer.write_all(&buffer[..n]).await?;
         activity.touch();
-        counter.increment(n as u64);
-        total += n as u64;
     }
 }
 

@@ -128,9 +128,12 @@ async fn half_close_keeps_the_other_direction_open() {
     // Our EOF must reach the backend while its answer can still come back.
     stream.shutdown().await.unwrap();
     let mut answer = String::new();
-    within("answer after half-close", stream.read_to_string(&mut answer))
-        .await
-        .unwrap();
+    within(
+        "answer after half-close",
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer, "got 100000 bytes");
 }
 

@@ -32,7 +32,9 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend on 127.0.0.1:0.
     pub async fn start(name: &str, behaviour: Behaviour) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         Self::serve(listener, name, behaviour)
     }
 
@@ -114,5 +116,74 @@ async fn handle(mut stream: TcpStream, name: String, behaviour: Behaviour) {
                 .await;
             let _ = stream.shutdown().await;
         }
+    }
+}
+
+/// An HTTP backend whose answer status can be changed while it runs; counts answers by status.
+pub struct HttpBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    ok_answers: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HttpBackend {
+    /// Starts on 127.0.0.1:0 answering every request with `status`.
+    pub async fn start(status: u16) -> HttpBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let ok_answers = Arc::new(AtomicUsize::new(0));
+        let (answer_status, answered_ok) = (Arc::clone(&status), Arc::clone(&ok_answers));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let status = answer_status.load(Ordering::SeqCst);
+                let answered_ok = Arc::clone(&answered_ok);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    if status < 400 {
+                        answered_ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        HttpBackend {
+            addr,
+            status,
+            ok_answers,
+            task,
+        }
+    }
+
+    /// Changes the status of later answers.
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers with a status below 400 so far.
+    pub fn ok_answers(&self) -> usize {
+        self.ok_answers.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

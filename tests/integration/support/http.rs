@@ -34,8 +34,13 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
 /// `METHOD path` with `Connection: close`, read to EOF.
 pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
     let mut stream = TcpStream::connect(addr).await.expect("connect admin");
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.expect("send request");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read response");
     let text = String::from_utf8(raw).expect("utf-8 response");
@@ -50,7 +55,10 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()

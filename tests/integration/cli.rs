@@ -1,0 +1,279 @@
+//! The `vipd` binary: exit codes, signals, `check` output, `demo`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::backend::Behaviour;
+use crate::support::{Backend, GUARD};
+
+const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
+
+/// A free port on 127.0.0.1 for a child process's config (the kernel picks it; released
+/// just before the child binds it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A vipd child process whose stderr lines are collected in the background.
+struct Child_ {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Child_ {
+    fn spawn(args: &[&str]) -> Child_ {
+        let mut child = Command::new(VIPD)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vipd");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let out_tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = out_tx.send(line);
+            }
+        });
+        Child_ {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Blocks until an output line contains `text`.
+    fn wait_for(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no line with {text:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.child.id() as i32).unwrap();
+        kill_process(pid, signal).expect("signal vipd");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + GUARD;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "vipd did not exit");
+            // Waiting on a child process has no async event here; poll its status.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("vipd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let backend = Backend::start("echo", Behaviour::Echo).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[defaults]\ndrain_timeout = \"30s\"\n\n[[service]]\nname = \"sig\"\nvip = \"127.0.0.1\"\n\
+             ports = [{{ port = {port} }}]\nendpoints = [\"{}\"]\n",
+            backend.addr
+        ),
+    );
+    let mut vipd = Child_::spawn(&["run", "--config", config.to_str().unwrap()]);
+    vipd.wait_for("ready");
+    let vip: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut established = TcpStream::connect(vip).await.unwrap();
+    established.write_all(b"one").await.unwrap();
+    let mut back = [0u8; 3];
+    established.read_exact(&mut back).await.unwrap();
+
+    vipd.signal(Signal::TERM);
+    vipd.wait_for("draining");
+    assert_eq!(
+        TcpStream::connect(vip).await.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    established.write_all(b"two").await.unwrap();
+    established.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"two");
+    drop(established);
+    let status = tokio::task::spawn_blocking(move || vipd.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn second_signal_exits_at_once() {
+    let backend = Backend::start("echo", Behaviour::Echo).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[service]]\nname = \"sig2\"\nvip = \"127.0.0.1\"\ndrain_timeout = \"1h\"\n\
+             ports = [{{ port = {port} }}]\nendpoints = [\"{}\"]\n",
+            backend.addr
+        ),
+    );
+    let mut vipd = Child_::spawn(&["run", "-c", config.to_str().unwrap()]);
+    vipd.wait_for("ready");
+    let _established = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    vipd.wait_for("");
+    vipd.signal(Signal::INT);
+    vipd.wait_for("draining");
+    vipd.signal(Signal::INT);
+    let status = tokio::task::spawn_blocking(move || vipd.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn invalid_config_exits_78_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[service]]\nname = \"bad\"\nvip = \"127.0.0.1\"\nports = [{{ port = {port} }}]\nendpoints = []\n"
+        ),
+    );
+    for command in ["run", "check"] {
+        let output = Command::new(VIPD)
+            .args([command, "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(78), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{}: service \"bad\": endpoints", config.display())),
+            "{command}: {stderr}"
+        );
+    }
+    // Nothing was bound.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
+}
+
+#[test]
+fn check_prints_one_line_per_service() {
+    let output = Command::new(VIPD)
+        .args(["check", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vipd.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.lines().any(|l| l.starts_with("service \"web\": ")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn version_is_printed() {
+    let output = Command::new(VIPD).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim(),
+        format!("vipd {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn demo_serves_and_rotates_backends() {
+    let (service, admin) = (free_port(), free_port());
+    // Three consecutive free ports for the backends: take a free one and check its neighbours.
+    let first_backend = loop {
+        let p = free_port();
+        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            break p;
+        }
+    };
+    let mut demo = Child_::spawn(&[
+        "demo",
+        "--port",
+        &service.to_string(),
+        "--admin-port",
+        &admin.to_string(),
+        "--backend-port",
+        &first_backend.to_string(),
+    ]);
+    demo.wait_for("ready");
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(("127.0.0.1", service)).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        answers.push(response.lines().last().unwrap_or_default().to_owned());
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        ["backend-1", "backend-2", "backend-3"]
+            .map(|b| {
+                let i: u16 = b[8..].parse().unwrap();
+                format!("hello from {b} (127.0.0.1:{})", first_backend + i - 1)
+            })
+            .to_vec()
+    );
+    let status = crate::support::http::get(([127, 0, 0, 1], admin).into(), "/status").await;
+    assert_eq!(status.status, 200);
+    demo.signal(Signal::INT);
+    let code = tokio::task::spawn_blocking(move || demo.wait())
+        .await
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+}
