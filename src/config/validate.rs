@@ -1,11 +1,643 @@
-//! Validation: raw → typed.
+//! Validation: raw → typed. Applies defaults, checks every value and every cross-value rule,
+//! and collects all problems so one run of `vipd` shows the user everything to fix.
+//!
+//! After a problem is found the value is replaced by a harmless fallback so checking can go on;
+//! the typed [`Config`] is only returned when no problem was found. Checks that combine values
+//! (timeout vs period, duplicate listeners) skip values that were already reported, so one
+//! mistake yields one message.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::Path;
+use std::time::Duration;
 
-use super::raw::RawConfig;
-use super::{Config, ConfigError, Runtime};
+use super::error::{Problem, ProblemScope};
+use super::raw::{
+    RawAdmin, RawBalance, RawCheck, RawConfig, RawConnection, RawHealth, RawPort, RawProtocol,
+    RawRuntime, RawService,
+};
+use super::{
+    Admin, Balance, Config, ConfigError, ConnectionSettings, EndpointSpec, Health, HealthCheck,
+    Protocol, Runtime, Service, ServicePort,
+};
 
-/// Validates a parsed file.
-pub fn validate(_raw: RawConfig, _path: &Path) -> Result<Config, ConfigError> {
-    Ok(Config { runtime: Runtime { workers: None }, admin: None, services: vec![] })
+/// Validates a parsed file; `path` only names the file in errors.
+pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let mut v = Validator::default();
+    let runtime = v.runtime(&raw.runtime);
+    let admin = raw.admin.as_ref().and_then(|a| v.admin(a));
+    let defaults = v.defaults(&raw.defaults);
+
+    let mut services = Vec::with_capacity(raw.services.len());
+    // Name → 1-based index of the first service with it.
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut listeners: Vec<Listener> = Vec::new();
+    for (i, raw_service) in raw.services.iter().enumerate() {
+        let service = v.service(i + 1, raw_service, &defaults, &mut names, &mut listeners);
+        services.push(service);
+    }
+    if let Some(admin) = &admin {
+        v.admin_collisions(admin, &listeners);
+    }
+
+    if v.problems.is_empty() {
+        Ok(Config {
+            runtime,
+            admin,
+            services,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: v.problems,
+        })
+    }
+}
+
+/// One address a service will bind, remembered to find collisions between services.
+struct Listener {
+    addr: SocketAddr,
+    protocol: Protocol,
+    /// How messages name the owner, e.g. `service "web" ports[0]`.
+    owner: String,
+}
+
+impl Listener {
+    /// Whether binding both would conflict: same protocol and port, and the same IP or a
+    /// wildcard (`0.0.0.0`, `::`) of the same family, which covers every IP of that family.
+    fn overlaps(&self, addr: SocketAddr, protocol: Protocol) -> bool {
+        self.protocol == protocol && addrs_overlap(self.addr, addr)
+    }
+
+    /// The message for a collision of `addr` with this listener.
+    fn collision(&self, addr: SocketAddr) -> String {
+        if self.addr == addr {
+            format!("{addr} is already the listen address of {}", self.owner)
+        } else {
+            format!(
+                "{addr} overlaps {} of {} (a wildcard address covers every IP of its family)",
+                self.addr, self.owner
+            )
+        }
+    }
+}
+
+/// Collects problems while converting.
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn push(&mut self, scope: &ProblemScope, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            scope: scope.clone(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn runtime(&mut self, raw: &RawRuntime) -> Runtime {
+        if raw.workers == Some(0) {
+            self.push(
+                &ProblemScope::Global,
+                "runtime.workers",
+                "must be at least 1",
+            );
+        }
+        Runtime {
+            workers: raw.workers.filter(|&w| w > 0),
+        }
+    }
+
+    fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
+        let scope = ProblemScope::Global;
+        match raw.listen.parse::<SocketAddr>() {
+            Ok(listen) if listen.port() == 0 => {
+                self.push(&scope, "admin.listen", "port 0 is out of range 1-65535");
+                None
+            }
+            Ok(listen) => Some(Admin { listen }),
+            Err(_) => {
+                self.push(
+                    &scope,
+                    "admin.listen",
+                    format!(
+                        "\"{}\" is not an IP:PORT address (e.g. \"127.0.0.1:9901\" or \"[::1]:9901\")",
+                        raw.listen
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn admin_collisions(&mut self, admin: &Admin, listeners: &[Listener]) {
+        // The admin server is HTTP, so it competes with TCP service ports.
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| l.overlaps(admin.listen, Protocol::Tcp))
+        {
+            let message = l.collision(admin.listen);
+            self.push(&ProblemScope::Global, "admin.listen", message);
+        }
+    }
+
+    /// `[defaults]` over the built-in defaults. A zero value is reported here, once, and
+    /// replaced by the built-in default so services inheriting it do not report it again.
+    fn defaults(&mut self, raw: &RawConnection) -> ConnectionSettings {
+        self.connection(
+            &ProblemScope::Global,
+            "defaults.",
+            raw,
+            &ConnectionSettings::default(),
+        )
+    }
+
+    /// Applies the connection keys in `raw` over `base`; `prefix` is prepended to key names.
+    fn connection(
+        &mut self,
+        scope: &ProblemScope,
+        prefix: &str,
+        raw: &RawConnection,
+        base: &ConnectionSettings,
+    ) -> ConnectionSettings {
+        let connect_timeout = self.positive(
+            scope,
+            &format!("{prefix}connect_timeout"),
+            raw.connect_timeout,
+            base.connect_timeout,
+        );
+        let idle_timeout = self.positive(
+            scope,
+            &format!("{prefix}idle_timeout"),
+            raw.idle_timeout,
+            base.idle_timeout,
+        );
+        let drain_timeout = self.positive(
+            scope,
+            &format!("{prefix}drain_timeout"),
+            raw.drain_timeout,
+            base.drain_timeout,
+        );
+        let max_connect_attempts = self.at_least_one(
+            scope,
+            &format!("{prefix}max_connect_attempts"),
+            raw.max_connect_attempts,
+            base.max_connect_attempts,
+        );
+        ConnectionSettings {
+            connect_timeout,
+            idle_timeout,
+            drain_timeout,
+            max_connect_attempts,
+        }
+    }
+
+    /// `value` if set and non-zero, else `fallback` (reporting a zero).
+    fn positive(
+        &mut self,
+        scope: &ProblemScope,
+        key: &str,
+        value: Option<Duration>,
+        fallback: Duration,
+    ) -> Duration {
+        match value {
+            Some(d) if d.is_zero() => {
+                self.push(scope, key, "must be greater than 0");
+                fallback
+            }
+            Some(d) => d,
+            None => fallback,
+        }
+    }
+
+    /// `value` if set and non-zero, else `fallback` (reporting a zero).
+    fn at_least_one(
+        &mut self,
+        scope: &ProblemScope,
+        key: &str,
+        value: Option<u32>,
+        fallback: NonZeroU32,
+    ) -> NonZeroU32 {
+        match value.map(NonZeroU32::new) {
+            Some(None) => {
+                self.push(scope, key, "must be at least 1");
+                fallback
+            }
+            Some(Some(n)) => n,
+            None => fallback,
+        }
+    }
+
+    fn service(
+        &mut self,
+        index: usize,
+        raw: &RawService,
+        defaults: &ConnectionSettings,
+        names: &mut HashMap<String, usize>,
+        listeners: &mut Vec<Listener>,
+    ) -> Service {
+        let scope = self.service_scope(index, &raw.name, names);
+
+        let vip = match raw.vip.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let hint = if raw.vip.parse::<SocketAddr>().is_ok() {
+                    " (give the port in `ports`, not in `vip`)"
+                } else if raw.vip.starts_with('[') {
+                    " (write IPv6 without brackets)"
+                } else {
+                    ""
+                };
+                self.push(
+                    &scope,
+                    "vip",
+                    format!("\"{}\" is not an IP address{hint}", raw.vip),
+                );
+                None
+            }
+        };
+
+        let ports = self.ports(&scope, &raw.ports);
+        let endpoints = self.endpoints(&scope, &raw.endpoints, &ports);
+
+        if let Some(vip) = vip {
+            self.listeners(&scope, vip, &ports, &endpoints, listeners);
+        }
+
+        let overrides = RawConnection {
+            connect_timeout: raw.connect_timeout,
+            idle_timeout: raw.idle_timeout,
+            drain_timeout: raw.drain_timeout,
+            max_connect_attempts: raw.max_connect_attempts,
+        };
+        let connection = self.connection(&scope, "", &overrides, defaults);
+        let health = self.health(&scope, raw.health.as_ref());
+
+        Service {
+            name: raw.name.clone(),
+            vip: vip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            ports: ports.into_iter().map(|(_, p)| p).collect(),
+            endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
+            // Exhaustive so a new raw policy cannot be silently mapped to round robin.
+            balance: match raw.balance {
+                None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+            },
+            health,
+            connection,
+        }
+    }
+
+    /// How problems of service number `index` are labelled: by name when the name is valid and
+    /// first of its kind, else by position (an invalid or duplicate name would be ambiguous).
+    fn service_scope(
+        &mut self,
+        index: usize,
+        name: &str,
+        names: &mut HashMap<String, usize>,
+    ) -> ProblemScope {
+        let by_index = ProblemScope::ServiceIndex(index);
+        if let Err(message) = check_dns_label(name) {
+            self.push(&by_index, "name", message);
+            return by_index;
+        }
+        if let Some(first) = names.get(name) {
+            self.push(
+                &by_index,
+                "name",
+                format!("\"{name}\" is already the name of service #{first}"),
+            );
+            return by_index;
+        }
+        names.insert(name.to_owned(), index);
+        ProblemScope::Service(name.to_owned())
+    }
+
+    /// Converts `ports`; entries with a problem come back as `(false, _)` so later checks that
+    /// combine them (listeners) skip them.
+    fn ports(&mut self, scope: &ProblemScope, raw: &[RawPort]) -> Vec<(bool, ServicePort)> {
+        if raw.is_empty() {
+            self.push(scope, "ports", "must list at least one port");
+        }
+        let mut out: Vec<(bool, ServicePort)> = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            let before = self.problems.len();
+            let key = |field: &str| format!("ports[{i}].{field}");
+            if p.protocol == Some(RawProtocol::Udp) {
+                self.push(scope, key("protocol"), "udp is not supported yet");
+            }
+            if p.port == 0 {
+                self.push(scope, key("port"), "0 is out of range 1-65535");
+            } else if let Some(j) = raw[..i]
+                .iter()
+                .position(|q| q.port == p.port && q.protocol == p.protocol)
+            {
+                self.push(
+                    scope,
+                    key("port"),
+                    format!("{} is already listed as ports[{j}].port", p.port),
+                );
+            }
+            if p.target_port == Some(0) {
+                self.push(scope, key("target_port"), "0 is out of range 1-65535");
+            }
+            if let Some(name) = &p.name {
+                if let Err(message) = check_dns_label(name) {
+                    self.push(scope, key("name"), message);
+                } else if let Some(j) = raw[..i]
+                    .iter()
+                    .position(|q| q.name.as_deref() == Some(name))
+                {
+                    self.push(
+                        scope,
+                        key("name"),
+                        format!("\"{name}\" is already the name of ports[{j}]"),
+                    );
+                }
+            }
+            let port = ServicePort {
+                port: p.port,
+                target_port: p.target_port.unwrap_or(p.port),
+                protocol: Protocol::Tcp,
+                name: p.name.clone(),
+            };
+            out.push((self.problems.len() == before, port));
+        }
+        out
+    }
+
+    /// Converts `endpoints`; unparsable entries come back as `(false, _)`.
+    fn endpoints(
+        &mut self,
+        scope: &ProblemScope,
+        raw: &[String],
+        ports: &[(bool, ServicePort)],
+    ) -> Vec<(bool, EndpointSpec)> {
+        if raw.is_empty() {
+            self.push(scope, "endpoints", "must list at least one endpoint");
+        }
+        // With one port, "IP" and "IP:target_port" are the same endpoint.
+        let single_target = match ports {
+            [(_, p)] => Some(p.target_port),
+            _ => None,
+        };
+        let mut out: Vec<(bool, EndpointSpec)> = Vec::with_capacity(raw.len());
+        // Effective (IP, port) → index of the first endpoint with it.
+        let mut seen: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
+        for (i, text) in raw.iter().enumerate() {
+            let key = format!("endpoints[{i}]");
+            let spec = match parse_endpoint(text) {
+                Ok(spec) => spec,
+                Err(message) => {
+                    self.push(scope, key, message);
+                    out.push((
+                        false,
+                        EndpointSpec {
+                            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                            port: None,
+                        },
+                    ));
+                    continue;
+                }
+            };
+            let mut ok = true;
+            if spec.port.is_some() && ports.len() > 1 {
+                self.push(
+                    scope,
+                    &key,
+                    format!(
+                        "\"{text}\" has a port, which is only allowed when the service has exactly one \
+                         port (this one has {}); give the IP alone and set ports[].target_port",
+                        ports.len()
+                    ),
+                );
+                ok = false;
+            }
+            let effective = (spec.ip, spec.port.or(single_target));
+            if let Some(j) = seen.get(&effective) {
+                self.push(
+                    scope,
+                    &key,
+                    format!(
+                        "\"{text}\" is the same endpoint as endpoints[{j}] (\"{}\")",
+                        raw[*j]
+                    ),
+                );
+                ok = false;
+            } else {
+                seen.insert(effective, i);
+            }
+            out.push((ok, spec));
+        }
+        out
+    }
+
+    /// Registers the service's listen addresses, reporting collisions with earlier services,
+    /// and endpoints that are the service's own listen address (every connection would loop).
+    fn listeners(
+        &mut self,
+        scope: &ProblemScope,
+        vip: IpAddr,
+        ports: &[(bool, ServicePort)],
+        endpoints: &[(bool, EndpointSpec)],
+        listeners: &mut Vec<Listener>,
+    ) {
+        let first_own = listeners.len();
+        for (i, (ok, p)) in ports.iter().enumerate() {
+            if !ok {
+                continue;
+            }
+            let addr = SocketAddr::new(vip, p.port);
+            // Duplicates inside the service were reported as duplicate ports already.
+            if let Some(other) = listeners[..first_own]
+                .iter()
+                .find(|l| l.overlaps(addr, p.protocol))
+            {
+                let message = other.collision(addr);
+                self.push(scope, format!("ports[{i}].port"), message);
+            }
+            for (j, (ok, e)) in endpoints.iter().enumerate() {
+                let target = SocketAddr::new(e.ip, e.port.unwrap_or(p.target_port));
+                if *ok && addrs_overlap(addr, target) {
+                    self.push(
+                        scope,
+                        format!("endpoints[{j}]"),
+                        format!(
+                            "{target} is this service's own listen address {addr} (ports[{i}]); \
+                             connections would loop"
+                        ),
+                    );
+                }
+            }
+            listeners.push(Listener {
+                addr,
+                protocol: p.protocol,
+                owner: format!("{scope} ports[{i}]"),
+            });
+        }
+    }
+
+    fn health(&mut self, scope: &ProblemScope, raw: Option<&RawHealth>) -> Health {
+        let base = Health::default();
+        let Some(raw) = raw else { return base };
+
+        let check = match (raw.check.unwrap_or(RawCheck::Tcp), &raw.path) {
+            (RawCheck::Http, path) => {
+                let path = path.clone().unwrap_or_else(|| "/".to_owned());
+                if !path.starts_with('/') {
+                    self.push(
+                        scope,
+                        "health.path",
+                        format!("\"{path}\" must start with '/'"),
+                    );
+                } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    // The path goes verbatim into the request line.
+                    self.push(
+                        scope,
+                        "health.path",
+                        format!("{path:?} must not contain spaces or control characters"),
+                    );
+                }
+                HealthCheck::Http { path }
+            }
+            (other, path) => {
+                let (name, check) = if other == RawCheck::Tcp {
+                    ("tcp", HealthCheck::Tcp)
+                } else {
+                    ("none", HealthCheck::None)
+                };
+                if path.is_some() {
+                    self.push(
+                        scope,
+                        "health.path",
+                        format!("only allowed with check = \"http\" (check is \"{name}\")"),
+                    );
+                }
+                check
+            }
+        };
+
+        if raw.port == Some(0) {
+            self.push(scope, "health.port", "0 is out of range 1-65535");
+        }
+        let period_zero = raw.period.is_some_and(|d| d.is_zero());
+        let timeout_zero = raw.timeout.is_some_and(|d| d.is_zero());
+        let period = self.positive(scope, "health.period", raw.period, base.period);
+        let timeout = self.positive(scope, "health.timeout", raw.timeout, base.timeout);
+        if !period_zero && !timeout_zero && timeout >= period {
+            self.push(
+                scope,
+                "health.timeout",
+                format!(
+                    "{} must be shorter than health.period ({})",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(period)
+                ),
+            );
+        }
+        let failure_threshold = self.at_least_one(
+            scope,
+            "health.failure_threshold",
+            raw.failure_threshold,
+            base.failure_threshold,
+        );
+        let success_threshold = self.at_least_one(
+            scope,
+            "health.success_threshold",
+            raw.success_threshold,
+            base.success_threshold,
+        );
+
+        Health {
+            check,
+            port: raw.port.filter(|&p| p != 0),
+            period,
+            timeout,
+            failure_threshold,
+            success_threshold,
+        }
+    }
+}
+
+/// Whether two addresses share a port and either are equal or one is the wildcard
+/// (`0.0.0.0`, `::`) of the other's family, which covers every IP of that family.
+fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let (x, y) = (a.ip(), b.ip());
+    a.port() == b.port()
+        && (x == y || (x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified())))
+}
+
+/// Checks a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
+fn check_dns_label(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > 63 {
+        return Err(format!(
+            "\"{name}\" is {} characters long; at most 63 are allowed",
+            name.len()
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "\"{name}\" may only contain lowercase letters a-z, digits and '-'"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("\"{name}\" must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+/// Parses an endpoint: `IP`, `IP:PORT`, `[IPv6]` or `[IPv6]:PORT`; a bare IPv6 (no brackets)
+/// is an IP without port, since its colons make a port suffix ambiguous.
+fn parse_endpoint(text: &str) -> Result<EndpointSpec, String> {
+    let forms = "expected IP, IP:PORT, [IPv6] or [IPv6]:PORT";
+    if let Some(rest) = text.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(format!("\"{text}\" lacks the closing ']'; {forms}"));
+        };
+        let ip: Ipv6Addr = host
+            .parse()
+            .map_err(|_| format!("\"{host}\" in \"{text}\" is not an IPv6 address; {forms}"))?;
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(parse_port(text, port)?),
+                None => return Err(format!("\"{text}\" has junk after ']'; {forms}")),
+            },
+        };
+        return Ok(EndpointSpec {
+            ip: IpAddr::V6(ip),
+            port,
+        });
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(EndpointSpec { ip, port: None });
+    }
+    if let Some((host, port)) = text.rsplit_once(':') {
+        if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+            return Ok(EndpointSpec {
+                ip: IpAddr::V4(ip),
+                port: Some(parse_port(text, port)?),
+            });
+        }
+    }
+    Err(format!("\"{text}\" is not an endpoint address; {forms}"))
+}
+
+/// Parses the port of endpoint `text`, with a range message for numbers that are not ports.
+fn parse_port(text: &str, port: &str) -> Result<u16, String> {
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    match port.parse::<u16>() {
+        Ok(0) => Err(format!("port 0 in \"{text}\" is out of range 1-65535")),
+        Ok(n) => Ok(n),
+        Err(_) if digits => Err(format!("port {port} in \"{text}\" is out of range 1-65535")),
+        Err(_) => Err(format!("\"{port}\" in \"{text}\" is not a port number")),
+    }
 }
