@@ -641,3 +641,470 @@ fn parse_port(text: &str, port: &str) -> Result<u16, String> {
         Err(_) => Err(format!("\"{port}\" in \"{text}\" is not a port number")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_str;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        from_str(text, Path::new("vipd.toml"))
+    }
+
+    /// The problem lines of an `Invalid` error.
+    fn problems(text: &str) -> Vec<String> {
+        match load(text) {
+            Err(e @ ConfigError::Invalid { .. }) => {
+                e.to_string().lines().map(String::from).collect()
+            }
+            other => panic!("expected Invalid for\n{text}\ngot {other:?}"),
+        }
+    }
+
+    /// A one-service config with `extra` appended inside the service table.
+    fn service(extra: &str) -> String {
+        format!(
+            "[[service]]\nname = \"web\"\nvip = \"127.0.0.1\"\n\
+             ports = [{{ port = 8000, target_port = 9000 }}]\nendpoints = [\"10.0.0.1\"]\n{extra}"
+        )
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn full_config_converts() {
+        let config = load(
+            r#"
+            [runtime]
+            workers = 2
+            [admin]
+            listen = "[::1]:9901"
+            [defaults]
+            connect_timeout = "2s"
+            idle_timeout = "10m"
+            max_connect_attempts = 5
+
+            [[service]]
+            name = "web"
+            vip = "::1"
+            ports = [{ port = 80, target_port = 8080, protocol = "tcp", name = "http" }, { port = 443 }]
+            endpoints = ["::2", "[::3]", "10.0.0.1"]
+            balance = "round_robin"
+            idle_timeout = "1m"
+            [service.health]
+            check = "http"
+            path = "/healthz"
+            port = 9100
+            period = "2s"
+            timeout = "1s"
+            failure_threshold = 4
+            success_threshold = 3
+
+            [[service]]
+            name = "db"
+            vip = "10.1.1.1"
+            ports = [{ port = 5432 }]
+            endpoints = ["10.0.0.5:6432", "10.0.0.6"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.runtime.workers, Some(2));
+        assert_eq!(config.admin.unwrap().listen, "[::1]:9901".parse().unwrap());
+
+        let web = &config.services[0];
+        assert_eq!(web.vip, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            web.ports,
+            vec![
+                ServicePort {
+                    port: 80,
+                    target_port: 8080,
+                    protocol: Protocol::Tcp,
+                    name: Some("http".into())
+                },
+                ServicePort {
+                    port: 443,
+                    target_port: 443,
+                    protocol: Protocol::Tcp,
+                    name: None
+                },
+            ]
+        );
+        assert_eq!(
+            web.endpoint_addrs(&web.ports[0]),
+            vec![
+                "[::2]:8080".parse().unwrap(),
+                "[::3]:8080".parse().unwrap(),
+                "10.0.0.1:8080".parse().unwrap()
+            ]
+        );
+        // Service key over [defaults] over built-in.
+        assert_eq!(
+            web.connection,
+            ConnectionSettings {
+                connect_timeout: ms(2000),
+                idle_timeout: ms(60_000),
+                drain_timeout: ms(30_000),
+                max_connect_attempts: nz(5),
+            }
+        );
+        assert_eq!(
+            web.health,
+            Health {
+                check: HealthCheck::Http {
+                    path: "/healthz".into()
+                },
+                port: Some(9100),
+                period: ms(2000),
+                timeout: ms(1000),
+                failure_threshold: nz(4),
+                success_threshold: nz(3),
+            }
+        );
+
+        let db = &config.services[1];
+        assert_eq!(db.connection.idle_timeout, ms(600_000));
+        assert_eq!(db.health, Health::default());
+        assert_eq!(
+            db.endpoint_addrs(&db.ports[0]),
+            vec![
+                "10.0.0.5:6432".parse().unwrap(),
+                "10.0.0.6:5432".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = load(&service("")).unwrap();
+        assert_eq!(config.runtime.workers, None);
+        assert_eq!(config.admin, None);
+        let web = &config.services[0];
+        assert_eq!(web.balance, Balance::RoundRobin);
+        assert_eq!(web.health, Health::default());
+        assert_eq!(web.connection, ConnectionSettings::default());
+        assert_eq!(
+            web.endpoints,
+            vec![EndpointSpec {
+                ip: "10.0.0.1".parse().unwrap(),
+                port: None
+            }]
+        );
+    }
+
+    #[test]
+    fn health_variants() {
+        let check = |extra: &str| {
+            load(&service(extra)).unwrap().services[0]
+                .health
+                .check
+                .clone()
+        };
+        assert_eq!(
+            check("[service.health]\ncheck = \"http\"\n"),
+            HealthCheck::Http { path: "/".into() }
+        );
+        assert_eq!(
+            check("[service.health]\ncheck = \"none\"\n"),
+            HealthCheck::None
+        );
+        assert_eq!(
+            check("[service.health]\nperiod = \"5s\"\n"),
+            HealthCheck::Tcp
+        );
+        // Only a default timeout that is not shorter than the period is an error.
+        let h = load(&service("[service.health]\nperiod = \"600ms\"\n"))
+            .unwrap()
+            .services[0]
+            .health
+            .clone();
+        assert_eq!((h.period, h.timeout), (ms(600), ms(500)));
+    }
+
+    #[test]
+    fn each_rule_reports_its_key() {
+        // (text, the one expected problem line)
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "[runtime]\nworkers = 0\n".into(),
+                "vipd.toml: runtime.workers: must be at least 1",
+            ),
+            (
+                "[admin]\nlisten = \"127.0.0.1\"\n".into(),
+                "vipd.toml: admin.listen: \"127.0.0.1\" is not an IP:PORT address (e.g. \"127.0.0.1:9901\" or \"[::1]:9901\")",
+            ),
+            (
+                "[admin]\nlisten = \"127.0.0.1:0\"\n".into(),
+                "vipd.toml: admin.listen: port 0 is out of range 1-65535",
+            ),
+            (
+                format!("[admin]\nlisten = \"0.0.0.0:8000\"\n{}", service("")),
+                "vipd.toml: admin.listen: 0.0.0.0:8000 overlaps 127.0.0.1:8000 of service \"web\" ports[0] (a wildcard address covers every IP of its family)",
+            ),
+            (
+                "[defaults]\nconnect_timeout = \"0s\"\n".into(),
+                "vipd.toml: defaults.connect_timeout: must be greater than 0",
+            ),
+            (
+                "[defaults]\nmax_connect_attempts = 0\n".into(),
+                "vipd.toml: defaults.max_connect_attempts: must be at least 1",
+            ),
+            (
+                service("max_connect_attempts = 0\n"),
+                "vipd.toml: service \"web\": max_connect_attempts: must be at least 1",
+            ),
+            (
+                service("idle_timeout = \"0ms\"\n"),
+                "vipd.toml: service \"web\": idle_timeout: must be greater than 0",
+            ),
+            (
+                service("drain_timeout = \"0s\"\n"),
+                "vipd.toml: service \"web\": drain_timeout: must be greater than 0",
+            ),
+            (
+                service("").replace("\"web\"", "\"Web\""),
+                "vipd.toml: service #1: name: \"Web\" may only contain lowercase letters a-z, digits and '-'",
+            ),
+            (
+                service("").replace("\"web\"", "\"\""),
+                "vipd.toml: service #1: name: must not be empty",
+            ),
+            (
+                format!("{}{}", service(""), service("").replace("8000", "8001")),
+                "vipd.toml: service #2: name: \"web\" is already the name of service #1",
+            ),
+            (
+                service("").replace("127.0.0.1", "127.0.0.1:80"),
+                "vipd.toml: service \"web\": vip: \"127.0.0.1:80\" is not an IP address (give the port in `ports`, not in `vip`)",
+            ),
+            (
+                service("").replace("127.0.0.1", "[::1]"),
+                "vipd.toml: service \"web\": vip: \"[::1]\" is not an IP address (write IPv6 without brackets)",
+            ),
+            (
+                service("").replace(
+                    "ports = [{ port = 8000, target_port = 9000 }]",
+                    "ports = []",
+                ),
+                "vipd.toml: service \"web\": ports: must list at least one port",
+            ),
+            (
+                service("").replace("port = 8000", "port = 0"),
+                "vipd.toml: service \"web\": ports[0].port: 0 is out of range 1-65535",
+            ),
+            (
+                service("").replace("target_port = 9000", "target_port = 0"),
+                "vipd.toml: service \"web\": ports[0].target_port: 0 is out of range 1-65535",
+            ),
+            (
+                service("").replace(
+                    "target_port = 9000 }",
+                    "target_port = 9000, protocol = \"udp\" }",
+                ),
+                "vipd.toml: service \"web\": ports[0].protocol: udp is not supported yet",
+            ),
+            (
+                service("").replace("}]", "}, { port = 8000 }]"),
+                "vipd.toml: service \"web\": ports[1].port: 8000 is already listed as ports[0].port",
+            ),
+            (
+                service("").replace(
+                    "9000 }]",
+                    "9000, name = \"a\" }, { port = 1, name = \"a\" }]",
+                ),
+                "vipd.toml: service \"web\": ports[1].name: \"a\" is already the name of ports[0]",
+            ),
+            (
+                service("").replace("9000 }]", "9000, name = \"-a\" }]"),
+                "vipd.toml: service \"web\": ports[0].name: \"-a\" must not start or end with '-'",
+            ),
+            (
+                service("").replace("[\"10.0.0.1\"]", "[]"),
+                "vipd.toml: service \"web\": endpoints: must list at least one endpoint",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"10.0.0.300\""),
+                "vipd.toml: service \"web\": endpoints[0]: \"10.0.0.300\" is not an endpoint address; expected IP, IP:PORT, [IPv6] or [IPv6]:PORT",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"10.0.0.1:0\""),
+                "vipd.toml: service \"web\": endpoints[0]: port 0 in \"10.0.0.1:0\" is out of range 1-65535",
+            ),
+            (
+                service("")
+                    .replace("9000 }]", "9000 }, { port = 1 }]")
+                    .replace("\"10.0.0.1\"", "\"10.0.0.1:80\""),
+                "vipd.toml: service \"web\": endpoints[0]: \"10.0.0.1:80\" has a port, which is only allowed when the service has exactly one port (this one has 2); give the IP alone and set ports[].target_port",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"10.0.0.1\", \"10.0.0.1:9000\""),
+                "vipd.toml: service \"web\": endpoints[1]: \"10.0.0.1:9000\" is the same endpoint as endpoints[0] (\"10.0.0.1\")",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"127.0.0.1:8000\""),
+                "vipd.toml: service \"web\": endpoints[0]: 127.0.0.1:8000 is this service's own listen address 127.0.0.1:8000 (ports[0]); connections would loop",
+            ),
+            (
+                format!("{}{}", service(""), service("").replace("web", "api")),
+                "vipd.toml: service \"api\": ports[0].port: 127.0.0.1:8000 is already the listen address of service \"web\" ports[0]",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    service(""),
+                    service("")
+                        .replace("web", "api")
+                        .replace("127.0.0.1", "0.0.0.0")
+                ),
+                "vipd.toml: service \"api\": ports[0].port: 0.0.0.0:8000 overlaps 127.0.0.1:8000 of service \"web\" ports[0] (a wildcard address covers every IP of its family)",
+            ),
+            (
+                service("[service.health]\npath = \"/x\"\n"),
+                "vipd.toml: service \"web\": health.path: only allowed with check = \"http\" (check is \"tcp\")",
+            ),
+            (
+                service("[service.health]\ncheck = \"http\"\npath = \"healthz\"\n"),
+                "vipd.toml: service \"web\": health.path: \"healthz\" must start with '/'",
+            ),
+            (
+                service("[service.health]\ncheck = \"http\"\npath = \"/a b\"\n"),
+                "vipd.toml: service \"web\": health.path: \"/a b\" must not contain spaces or control characters",
+            ),
+            (
+                service("[service.health]\nport = 0\n"),
+                "vipd.toml: service \"web\": health.port: 0 is out of range 1-65535",
+            ),
+            (
+                service("[service.health]\ntimeout = \"2s\"\n"),
+                "vipd.toml: service \"web\": health.timeout: 2s must be shorter than health.period (1s)",
+            ),
+            (
+                service("[service.health]\nperiod = \"1s\"\ntimeout = \"1s\"\n"),
+                "vipd.toml: service \"web\": health.timeout: 1s must be shorter than health.period (1s)",
+            ),
+            (
+                service("[service.health]\nperiod = \"0s\"\n"),
+                "vipd.toml: service \"web\": health.period: must be greater than 0",
+            ),
+            (
+                service("[service.health]\nfailure_threshold = 0\n"),
+                "vipd.toml: service \"web\": health.failure_threshold: must be at least 1",
+            ),
+            (
+                service("[service.health]\nsuccess_threshold = 0\n"),
+                "vipd.toml: service \"web\": health.success_threshold: must be at least 1",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(problems(&text), vec![want.to_string()], "for\n{text}");
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_in_file_order() {
+        let text = format!(
+            "[runtime]\nworkers = 0\n{}",
+            service("[service.health]\nsuccess_threshold = 0\nfailure_threshold = 0\n")
+                .replace("port = 8000", "port = 0")
+                .replace("\"10.0.0.1\"", "\"nope\"")
+        );
+        let got = problems(&text);
+        assert_eq!(
+            got,
+            vec![
+                "vipd.toml: runtime.workers: must be at least 1",
+                "vipd.toml: service \"web\": ports[0].port: 0 is out of range 1-65535",
+                "vipd.toml: service \"web\": endpoints[0]: \"nope\" is not an endpoint address; expected IP, IP:PORT, [IPv6] or [IPv6]:PORT",
+                "vipd.toml: service \"web\": health.failure_threshold: must be at least 1",
+                "vipd.toml: service \"web\": health.success_threshold: must be at least 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_problem_is_reported_once() {
+        let text = format!(
+            "[defaults]\ndrain_timeout = \"0s\"\n{}{}",
+            service(""),
+            service("").replace("web", "api").replace("8000", "8001")
+        );
+        assert_eq!(
+            problems(&text),
+            vec!["vipd.toml: defaults.drain_timeout: must be greater than 0"]
+        );
+    }
+
+    #[test]
+    fn endpoint_forms() {
+        let ep = |ip: &str, port: Option<u16>| EndpointSpec {
+            ip: ip.parse().unwrap(),
+            port,
+        };
+        let ok = [
+            ("10.0.0.1", ep("10.0.0.1", None)),
+            ("10.0.0.1:80", ep("10.0.0.1", Some(80))),
+            ("::1", ep("::1", None)),
+            ("2001:db8::1", ep("2001:db8::1", None)),
+            ("[::1]", ep("::1", None)),
+            ("[::1]:65535", ep("::1", Some(65535))),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_endpoint(text), Ok(want), "{text}");
+        }
+        let bad = [
+            ("", "is not an endpoint address"),
+            ("host:80", "is not an endpoint address"),
+            ("10.0.0.1:", "\"\" in \"10.0.0.1:\" is not a port number"),
+            ("10.0.0.1:http", "is not a port number"),
+            (
+                "10.0.0.1:70000",
+                "port 70000 in \"10.0.0.1:70000\" is out of range 1-65535",
+            ),
+            ("[::1]:0", "port 0 in \"[::1]:0\" is out of range"),
+            ("[::1", "lacks the closing ']'"),
+            ("[10.0.0.1]", "is not an IPv6 address"),
+            ("[::1]80", "has junk after ']'"),
+            ("::1:80:x", "is not an endpoint address"),
+        ];
+        for (text, want) in bad {
+            let err = parse_endpoint(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "web", "web-1", "0", &"a".repeat(63)] {
+            assert_eq!(check_dns_label(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", "é", &"a".repeat(64)] {
+            assert!(check_dns_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overlap_rules() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let cases = [
+            ("127.0.0.1:80", "127.0.0.1:80", true),
+            ("127.0.0.1:80", "127.0.0.1:81", false),
+            ("127.0.0.1:80", "127.0.0.2:80", false),
+            ("0.0.0.0:80", "127.0.0.1:80", true),
+            ("127.0.0.1:80", "0.0.0.0:80", true),
+            ("[::]:80", "[::1]:80", true),
+            // Families are checked separately: whether `::` also takes IPv4 depends on how the
+            // proxy binds (IPV6_V6ONLY), which a bind error reports anyway.
+            ("[::]:80", "127.0.0.1:80", false),
+            ("0.0.0.0:80", "[::1]:80", false),
+        ];
+        for (x, y, want) in cases {
+            assert_eq!(addrs_overlap(a(x), a(y)), want, "{x} vs {y}");
+        }
+    }
+}
