@@ -7,7 +7,7 @@
 //! mistake yields one message.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
@@ -278,7 +278,7 @@ impl Validator {
 
         Service {
             name: raw.name.clone(),
-            vip: vip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            vip: vip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             ports: ports.into_iter().map(|(_, p)| p).collect(),
             endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
             // Exhaustive so a new raw policy cannot be silently mapped to round robin.
@@ -395,7 +395,7 @@ impl Validator {
                     out.push((
                         false,
                         EndpointSpec {
-                            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                             port: None,
                         },
                     ));
@@ -403,6 +403,15 @@ impl Validator {
                 }
             };
             let mut ok = true;
+            if spec.ip.is_unspecified() {
+                // Connecting to 0.0.0.0 / :: silently means "this host"; say so explicitly.
+                self.push(
+                    scope,
+                    &key,
+                    format!("\"{text}\" is a wildcard address, not a backend; use e.g. 127.0.0.1"),
+                );
+                ok = false;
+            }
             if spec.port.is_some() && ports.len() > 1 {
                 self.push(
                     scope,
@@ -621,7 +630,7 @@ fn parse_endpoint(text: &str) -> Result<EndpointSpec, String> {
         return Ok(EndpointSpec { ip, port: None });
     }
     if let Some((host, port)) = text.rsplit_once(':') {
-        if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
             return Ok(EndpointSpec {
                 ip: IpAddr::V4(ip),
                 port: Some(parse_port(text, port)?),
@@ -931,6 +940,10 @@ mod tests {
             (
                 service("").replace("\"10.0.0.1\"", "\"10.0.0.300\""),
                 "vipd.toml: service \"web\": endpoints[0]: \"10.0.0.300\" is not an endpoint address; expected IP, IP:PORT, [IPv6] or [IPv6]:PORT",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"[::]\""),
+                "vipd.toml: service \"web\": endpoints[0]: \"[::]\" is a wildcard address, not a backend; use e.g. 127.0.0.1",
             ),
             (
                 service("").replace("\"10.0.0.1\"", "\"10.0.0.1:0\""),
