@@ -469,7 +469,7 @@ impl Validator {
             }
             for (j, (ok, e)) in endpoints.iter().enumerate() {
                 let target = SocketAddr::new(e.ip, e.port.unwrap_or(p.target_port));
-                if *ok && addrs_overlap(addr, target) {
+                if *ok && is_self_loop(addr, target) {
                     self.push(
                         scope,
                         format!("endpoints[{j}]"),
@@ -571,11 +571,21 @@ impl Validator {
 }
 
 /// Whether two addresses share a port and either are equal or one is the wildcard
-/// (`0.0.0.0`, `::`) of the other's family, which covers every IP of that family.
+/// (`0.0.0.0`, `::`) of the other's family, which covers every IP of that family. Families do
+/// not mix because IPv6 listeners are bound IPV6_V6ONLY.
 fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     let (x, y) = (a.ip(), b.ip());
     a.port() == b.port()
         && (x == y || (x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified())))
+}
+
+/// Whether connecting to `target` reaches the listener at `listen` for sure: the same address,
+/// or a loopback address of a wildcard listener's family. (Other IPs under a wildcard may or
+/// may not be local; that is not knowable from the file.)
+fn is_self_loop(listen: SocketAddr, target: SocketAddr) -> bool {
+    let (l, t) = (listen.ip(), target.ip());
+    listen.port() == target.port()
+        && (l == t || (l.is_unspecified() && t.is_loopback() && l.is_ipv4() == t.is_ipv4()))
 }
 
 /// Checks a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
@@ -1102,6 +1112,28 @@ mod tests {
     }
 
     #[test]
+    fn self_loop_rules() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let cases = [
+            ("127.0.0.1:80", "127.0.0.1:80", true),
+            ("127.0.0.1:80", "127.0.0.1:81", false),
+            ("0.0.0.0:80", "127.0.0.1:80", true),
+            ("0.0.0.0:80", "127.0.0.2:80", true),
+            ("[::]:80", "[::1]:80", true),
+            // Not knowably local.
+            ("0.0.0.0:80", "10.0.0.1:80", false),
+            ("[::]:80", "127.0.0.1:80", false),
+        ];
+        for (listen, target, want) in cases {
+            assert_eq!(
+                is_self_loop(a(listen), a(target)),
+                want,
+                "{listen} → {target}"
+            );
+        }
+    }
+
+    #[test]
     fn overlap_rules() {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
         let cases = [
@@ -1111,13 +1143,91 @@ mod tests {
             ("0.0.0.0:80", "127.0.0.1:80", true),
             ("127.0.0.1:80", "0.0.0.0:80", true),
             ("[::]:80", "[::1]:80", true),
-            // Families are checked separately: whether `::` also takes IPv4 depends on how the
-            // proxy binds (IPV6_V6ONLY), which a bind error reports anyway.
+            // Families do not mix: the proxy binds IPv6 listeners IPV6_V6ONLY, so `::` leaves
+            // IPv4 alone.
             ("[::]:80", "127.0.0.1:80", false),
             ("0.0.0.0:80", "[::1]:80", false),
         ];
         for (x, y, want) in cases {
             assert_eq!(addrs_overlap(a(x), a(y)), want, "{x} vs {y}");
         }
+    }
+}
+
+/// Loads the shipped example configs and the fixtures under `tests/fixtures/config/`, so the
+/// examples cannot rot and every rule has a file showing the message a user would see.
+#[cfg(test)]
+mod fixtures_tests {
+    use std::path::PathBuf;
+
+    use crate::config::load;
+
+    /// The `*.toml` files in `dir` (relative to the crate root), sorted; fails if there are none,
+    /// so a moved directory cannot make the tests pass vacuously.
+    fn toml_files(dir: &str) -> Vec<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut files: Vec<PathBuf> = entries
+            .map(|e| e.expect("directory entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{}: no *.toml files", dir.display());
+        files
+    }
+
+    #[test]
+    fn valid_files_load() {
+        let mut files = toml_files("config");
+        files.extend(toml_files("tests/fixtures/config/valid"));
+        for file in files {
+            if let Err(e) = load(&file) {
+                panic!("{} should load:\n{e}", file.display());
+            }
+        }
+    }
+
+    /// Each invalid file starts with one or more `# expect: SUBSTRING` lines; the error's
+    /// Display must start with the file's path, have one line per `# expect:` line and contain
+    /// every substring.
+    #[test]
+    fn invalid_files_fail_with_expected_message() {
+        // Every mismatch is collected so one run shows them all.
+        let mut failures = Vec::new();
+        for file in toml_files("tests/fixtures/config/invalid") {
+            let text = std::fs::read_to_string(&file).expect("readable fixture");
+            let expects: Vec<&str> = text
+                .lines()
+                .map_while(|l| l.strip_prefix("# expect: "))
+                .collect();
+            assert!(
+                !expects.is_empty() && expects.iter().all(|e| !e.trim().is_empty()),
+                "{}: first line must be `# expect: <substring>`",
+                file.display()
+            );
+            let message = match load(&file) {
+                Ok(_) => {
+                    failures.push(format!("{} should fail to load", file.display()));
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            };
+            if !message.starts_with(&file.display().to_string()) {
+                failures.push(format!("message does not start with the path:\n{message}"));
+            }
+            // One mistake, one message: extra lines would mean a cascade or a sloppy fixture.
+            if message.lines().count() != expects.len() {
+                failures.push(format!(
+                    "expected {} line(s) of errors, got:\n{message}",
+                    expects.len()
+                ));
+            }
+            for expect in expects {
+                if !message.contains(expect) {
+                    failures.push(format!("message lacks {expect:?}:\n{message}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
     }
 }
