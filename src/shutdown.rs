@@ -26,7 +26,7 @@ pub fn watch(token: CancellationToken) -> std::io::Result<()> {
                 first = false;
                 tracing::info!(
                     signal = name,
-                    "shutting down: listeners closed, draining connections (signal again to exit at once)"
+                    "shutting down (signal again to exit at once)"
                 );
                 token.cancel();
             } else {

@@ -7,7 +7,7 @@ mod error;
 mod raw;
 mod validate;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, Problem, ProblemScope};
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;

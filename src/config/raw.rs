@@ -1,13 +1,346 @@
-//! Raw serde structs mirroring the file.
+//! Raw serde structs mirroring the file, and the TOML parse into them.
+//!
+//! These only check what serde can: syntax, key names (`deny_unknown_fields` everywhere, so a
+//! typo is an error rather than a silently ignored key), value types, durations and enum
+//! spellings. Everything that needs the values to be looked at together (ranges, duplicates,
+//! addresses) is in [`super::validate`], so it can name the service and collect all problems.
+//! Optional keys are `Option` here, not serde defaults, so validation can tell "absent" from
+//! "set" (needed for the `[defaults]` → per-service override chain and for `health.path`).
 
 use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
 
 use super::ConfigError;
 
 /// The file as written.
-pub struct RawConfig;
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[runtime]`.
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    /// `[admin]`; absent = no admin server.
+    pub admin: Option<RawAdmin>,
+    /// `[defaults]`: connection settings every service inherits.
+    #[serde(default)]
+    pub defaults: RawConnection,
+    /// `[[service]]`, in file order.
+    #[serde(default, rename = "service")]
+    pub services: Vec<RawService>,
+}
 
-/// Parses TOML text.
-pub fn parse(_text: &str, _path: &Path) -> Result<RawConfig, ConfigError> {
-    Ok(RawConfig)
+/// `[runtime]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Data-plane worker threads.
+    pub workers: Option<usize>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `IP:PORT`; a string so a bad address is a semantic error naming the key.
+    pub listen: String,
+}
+
+/// `[defaults]`. (A service repeats these keys itself rather than flattening this struct,
+/// because serde's `flatten` does not work with `deny_unknown_fields`.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnection {
+    /// Deadline of one connect attempt.
+    #[serde(default, deserialize_with = "duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Idle connection timeout.
+    #[serde(default, deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Shutdown drain timeout.
+    #[serde(default, deserialize_with = "duration")]
+    pub drain_timeout: Option<Duration>,
+    /// Endpoints tried per client connection.
+    pub max_connect_attempts: Option<u32>,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Service name.
+    pub name: String,
+    /// Virtual IP, as written.
+    pub vip: String,
+    /// Listened ports.
+    pub ports: Vec<RawPort>,
+    /// Endpoints, as written (`IP`, `IP:PORT`, `[IPv6]`, `[IPv6]:PORT`).
+    pub endpoints: Vec<String>,
+    /// Balancing policy.
+    pub balance: Option<RawBalance>,
+    /// Overrides `[defaults].connect_timeout`.
+    #[serde(default, deserialize_with = "duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Overrides `[defaults].idle_timeout`.
+    #[serde(default, deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Overrides `[defaults].drain_timeout`.
+    #[serde(default, deserialize_with = "duration")]
+    pub drain_timeout: Option<Duration>,
+    /// Overrides `[defaults].max_connect_attempts`.
+    pub max_connect_attempts: Option<u32>,
+    /// `[service.health]`.
+    pub health: Option<RawHealth>,
+}
+
+/// One entry of `ports`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPort {
+    /// Listened port.
+    pub port: u16,
+    /// Port on the endpoints; absent = `port`.
+    pub target_port: Option<u16>,
+    /// Absent = tcp.
+    pub protocol: Option<RawProtocol>,
+    /// Optional port name.
+    pub name: Option<String>,
+}
+
+/// `protocol`. `udp` parses so that validation can reject it with a message that names the
+/// service and says why, instead of a generic "unknown variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    /// `"tcp"`.
+    Tcp,
+    /// `"udp"`: reserved, rejected by validation.
+    Udp,
+}
+
+/// `balance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    /// `"round_robin"`.
+    RoundRobin,
+}
+
+/// `[service.health]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Absent = tcp.
+    pub check: Option<RawCheck>,
+    /// HTTP request path (http only).
+    pub path: Option<String>,
+    /// Probe port override.
+    pub port: Option<u16>,
+    /// Probe period.
+    #[serde(default, deserialize_with = "duration")]
+    pub period: Option<Duration>,
+    /// Probe timeout.
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    /// Failures before unhealthy.
+    pub failure_threshold: Option<u32>,
+    /// Successes before healthy.
+    pub success_threshold: Option<u32>,
+}
+
+/// `health.check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawCheck {
+    /// `"tcp"`.
+    Tcp,
+    /// `"http"`.
+    Http,
+    /// `"none"`.
+    None,
+}
+
+/// Deserializes an optional humantime duration (`"500ms"`, `"1h 30m"`).
+///
+/// Written out instead of `humantime_serde` so the error keeps humantime's explanation
+/// (e.g. which unit is unknown) rather than a bare "expected a duration".
+fn duration<'de, D>(d: D) -> Result<Option<Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration string such as \"500ms\", \"30s\" or \"1h\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            humantime::parse_duration(v)
+                .map_err(|e| E::custom(format!("invalid duration \"{v}\": {e}")))
+        }
+    }
+    d.deserialize_str(Visitor).map(Some)
+}
+
+/// Parses TOML text into the raw structs; `path` only names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        // The toml error's own Display is a multi-line snippet; the contract is one
+        // `FILE:LINE:COL: message` line, which editors and terminals can jump to.
+        let (line, column) = match e.span() {
+            Some(span) => line_col(text, span.start),
+            // Errors raised without a position (rare: only document-level ones) point at the
+            // start of the file rather than changing the line's shape.
+            None => (1, 1),
+        };
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: one_line(e.message()),
+        }
+    })
+}
+
+/// 1-based line and column (counted in characters, as editors show them) of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    // A span inside a multi-byte character would make slicing panic; back up to its start.
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Collapses a possibly multi-line message into one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syntax_error(text: &str) -> (usize, usize, String) {
+        match parse(text, Path::new("t.toml")) {
+            Err(ConfigError::Syntax {
+                line,
+                column,
+                message,
+                ..
+            }) => (line, column, message),
+            other => panic!("expected a syntax error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn line_col_is_one_based_and_counts_chars() {
+        let text = "ab\ncdé\nf";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 2), (1, 3));
+        assert_eq!(line_col(text, 3), (2, 1));
+        // 'é' is two bytes: the 'f' line starts at byte 8.
+        assert_eq!(line_col(text, 8), (3, 1));
+        // Inside 'é' → its start; past the end → clamped.
+        assert_eq!(line_col(text, 6), (2, 3));
+        assert_eq!(line_col(text, 100), (3, 2));
+    }
+
+    #[test]
+    fn one_line_joins_lines() {
+        assert_eq!(one_line("a\n  b\n\nc\n"), "a; b; c");
+        assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn empty_file_parses() {
+        let raw = parse("", Path::new("t.toml")).unwrap();
+        assert!(raw.services.is_empty());
+        assert!(raw.admin.is_none());
+    }
+
+    #[test]
+    fn full_service_parses() {
+        let raw = parse(
+            r#"
+            [[service]]
+            name = "web"
+            vip = "127.0.0.1"
+            ports = [{ port = 80, target_port = 8080, protocol = "udp", name = "http" }]
+            endpoints = ["10.0.0.1"]
+            balance = "round_robin"
+            connect_timeout = "250ms"
+            [service.health]
+            check = "http"
+            path = "/healthz"
+            period = "2s"
+            "#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = &raw.services[0];
+        assert_eq!(s.ports[0].protocol, Some(RawProtocol::Udp));
+        assert_eq!(s.ports[0].target_port, Some(8080));
+        assert_eq!(s.balance, Some(RawBalance::RoundRobin));
+        assert_eq!(s.connect_timeout, Some(Duration::from_millis(250)));
+        let h = s.health.as_ref().unwrap();
+        assert_eq!(h.check, Some(RawCheck::Http));
+        assert_eq!(h.period, Some(Duration::from_secs(2)));
+        assert_eq!(h.timeout, None);
+    }
+
+    #[test]
+    fn schema_errors_have_positions() {
+        // (text, line, column, message substring)
+        let cases = [
+            ("[runtime\n", 1, 9, "unclosed table"),
+            (
+                "[runtime]\nworkers = 2\nbogus = 1\n",
+                3,
+                1,
+                "unknown field `bogus`",
+            ),
+            ("[runtime]\nworkers = \"two\"\n", 2, 11, "invalid type"),
+            ("[runtime]\nworkers = -1\n", 2, 11, "invalid value"),
+            (
+                "[defaults]\nidle_timeout = \"5 parsecs\"\n",
+                2,
+                16,
+                "invalid duration \"5 parsecs\": unknown time unit",
+            ),
+            (
+                "[defaults]\nidle_timeout = 5\n",
+                2,
+                16,
+                "expected a duration string",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nvip = \"::1\"\nendpoints = []\nports = [{ port = 1, protocol = \"sctp\" }]\n",
+                5,
+                33,
+                "unknown variant `sctp`",
+            ),
+            ("[[service]]\nname = \"a\"\n", 1, 1, "missing field `vip`"),
+            ("[admin]\n", 1, 1, "missing field `listen`"),
+        ];
+        for (text, line, column, want) in cases {
+            let (l, c, message) = syntax_error(text);
+            assert!(
+                message.contains(want),
+                "{text:?}: message {message:?} lacks {want:?}"
+            );
+            assert!(!message.contains('\n'), "{message:?} is not one line");
+            assert_eq!((l, c), (line, column), "{text:?}: {message}");
+        }
+    }
 }

@@ -136,7 +136,7 @@ async fn sigterm_drains_and_exits_zero() {
     established.read_exact(&mut back).await.unwrap();
 
     vipd.signal(Signal::TERM);
-    vipd.wait_for("draining");
+    vipd.wait_for("draining established connections");
     assert_eq!(
         TcpStream::connect(vip).await.unwrap_err().kind(),
         std::io::ErrorKind::ConnectionRefused
@@ -166,10 +166,12 @@ async fn second_signal_exits_at_once() {
     );
     let mut vipd = Child_::spawn(&["run", "-c", config.to_str().unwrap()]);
     vipd.wait_for("ready");
-    let _established = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    vipd.wait_for("");
+    let mut established = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    established.write_all(b"up").await.unwrap();
+    let mut back = [0u8; 2];
+    established.read_exact(&mut back).await.unwrap();
     vipd.signal(Signal::INT);
-    vipd.wait_for("draining");
+    vipd.wait_for("draining established connections");
     vipd.signal(Signal::INT);
     let status = tokio::task::spawn_blocking(move || vipd.wait())
         .await

@@ -25,7 +25,6 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Its name (written by [`Behaviour::Name`]).
     pub name: String,
-    accepted: Arc<AtomicUsize>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -46,15 +45,12 @@ impl Backend {
 
     fn serve(listener: TcpListener, name: &str, behaviour: Behaviour) -> Backend {
         let addr = listener.local_addr().expect("local addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
         let own_name = name.to_owned();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                counter.fetch_add(1, Ordering::SeqCst);
                 let name = own_name.clone();
                 tokio::spawn(handle(stream, name, behaviour));
             }
@@ -62,14 +58,8 @@ impl Backend {
         Backend {
             addr,
             name: name.to_owned(),
-            accepted,
             task: Some(task),
         }
-    }
-
-    /// Connections accepted so far (health probes included).
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Closes the listener (new connections are refused) and returns once it is closed.
