@@ -35,7 +35,11 @@ struct Child_ {
 
 impl Child_ {
     fn spawn(args: &[&str]) -> Child_ {
-        let mut child = Command::new(VIPD)
+        Self::spawn_program(VIPD, args)
+    }
+
+    fn spawn_program(program: &str, args: &[&str]) -> Child_ {
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -164,8 +168,17 @@ async fn second_signal_exits_at_once() {
             backend.addr
         ),
     );
-    let mut vipd = Child_::spawn(&["run", "-c", config.to_str().unwrap()]);
+    let mut vipd = Child_::spawn(&[
+        "run",
+        "-c",
+        config.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     vipd.wait_for("ready");
+    let line = vipd.seen.last().unwrap();
+    let record: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(record["fields"]["message"], "ready");
     let mut established = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     established.write_all(b"up").await.unwrap();
     let mut back = [0u8; 2];
@@ -278,4 +291,59 @@ async fn demo_serves_and_rotates_backends() {
         .await
         .unwrap();
     assert_eq!(code.code(), Some(0));
+}
+
+#[tokio::test]
+async fn accept_survives_running_out_of_file_descriptors() {
+    let backend = Backend::start("echo", Behaviour::Echo).await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[service]]\nname = \"fds\"\n\
+             vip = \"127.0.0.1\"\nports = [{{ port = {port} }}]\nendpoints = [\"{}\"]\n\n\
+             [service.health]\ncheck = \"none\"\n",
+            backend.addr
+        ),
+    );
+    // A low descriptor limit that a few dozen connections exhaust.
+    let mut vipd = Child_::spawn_program(
+        "sh",
+        &[
+            "-c",
+            r#"ulimit -n 48 && exec "$0" "$@""#,
+            VIPD,
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+    );
+    vipd.wait_for("ready");
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        // The kernel completes handshakes into the backlog even when vipd cannot accept.
+        clients.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    vipd.wait_for("accept failed; pausing");
+    drop(clients);
+    // Descriptors are free again: a new client is served.
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    fresh.write_all(b"alive").await.unwrap();
+    let mut back = [0u8; 5];
+    crate::support::within("served after recovery", fresh.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back, b"alive");
+    let page = crate::support::http::get(([127, 0, 0, 1], admin).into(), "/metrics")
+        .await
+        .body;
+    let errors: f64 = page
+        .lines()
+        .find(|l| l.starts_with("vipd_accept_errors_total{service=\"fds\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(errors >= 1.0, "{errors}");
+    vipd.signal(Signal::TERM);
 }

@@ -225,3 +225,64 @@ async fn idle_connection_is_closed_after_idle_timeout() {
     let endpoint = &vipd.service("idle").endpoints()[0];
     assert_eq!(endpoint.connections_total(), 1);
 }
+
+/// A listener whose accept queue is full, so further SYNs are dropped and connects hang: the
+/// loopback stand-in for an unreachable host.
+fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue: connects complete until it is full; the next one would hang.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => fillers.push(stream),
+            Err(_) => break,
+        }
+    }
+    (socket, fillers)
+}
+
+#[tokio::test]
+async fn connect_timeout_moves_on_to_the_next_endpoint() {
+    let (hole, _fillers) = black_hole();
+    let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
+    let backend = Backend::start("alive", Behaviour::Name).await;
+    let mut svc = service("connect-timeout", &[hole_addr, backend.addr]);
+    svc.connection.connect_timeout = Duration::from_millis(200);
+    let vipd = Running::start(vec![svc], false).await;
+    // The first connection starts at the black hole, times out, and moves on.
+    for _ in 0..2 {
+        assert_eq!(
+            read_all_through(vipd.addr("connect-timeout")).await,
+            "alive"
+        );
+    }
+    let service = vipd.service("connect-timeout");
+    let hole_endpoint = &service.endpoints()[0];
+    assert_eq!(hole_endpoint.connections_total(), 0);
+    assert_eq!(service.endpoints()[1].connections_total(), 2);
+}
+
+#[tokio::test]
+async fn max_connect_attempts_bounds_failover() {
+    let mut dead = named_backends(2).await;
+    for backend in &mut dead {
+        backend.stop().await;
+    }
+    let alive = Backend::start("alive", Behaviour::Name).await;
+    let mut svc = service("attempts", &[dead[0].addr, dead[1].addr, alive.addr]);
+    svc.connection.max_connect_attempts = std::num::NonZeroU32::new(2).unwrap();
+    let vipd = Running::start(vec![svc], false).await;
+    let vip = vipd.addr("attempts");
+    // Starts at dead[0]: two attempts (dead[0], dead[1]) are all it may make.
+    assert_eq!(read_all_through(vip).await, "");
+    // Starts at dead[1]: the second attempt reaches the live endpoint.
+    assert_eq!(read_all_through(vip).await, "alive");
+    // Starts at the live endpoint.
+    assert_eq!(read_all_through(vip).await, "alive");
+}
