@@ -56,7 +56,9 @@ pub fn config(ports: Ports) -> Config {
         runtime: Runtime { workers: None },
         admin: Some(Admin {
             listen: SocketAddr::new(LOCALHOST, ports.admin),
+            token: None,
         }),
+        dns: None,
         services: vec![Service {
             name: SERVICE.to_owned(),
             vip: LOCALHOST,
@@ -82,6 +84,10 @@ pub fn config(ports: Ports) -> Config {
                 drain_timeout: Duration::from_secs(2),
                 ..ConnectionSettings::default()
             },
+            discovery: None,
+            outlier: None,
+            manage_vip: false,
+            vip_interface: "lo".to_owned(),
         }],
     }
 }

@@ -23,6 +23,18 @@ pub const CONNECT_DURATION_SECONDS: &str = "vipd_connect_duration_seconds";
 pub const NO_HEALTHY_ENDPOINTS_TOTAL: &str = "vipd_no_healthy_endpoints_total";
 /// `vipd_accept_errors_total{service}`: accept() failures (e.g. out of file descriptors).
 pub const ACCEPT_ERRORS_TOTAL: &str = "vipd_accept_errors_total";
+/// `vipd_config_reloads_total{result}`: config reloads by result (`success`, `failure`).
+pub const CONFIG_RELOADS_TOTAL: &str = "vipd_config_reloads_total";
+/// `vipd_discovery_refreshes_total{service,result}`: DNS discovery lookups by result (`success`, `failure`).
+pub const DISCOVERY_REFRESHES_TOTAL: &str = "vipd_discovery_refreshes_total";
+/// `vipd_endpoints{service,state}`: endpoints by state (`healthy`, `unhealthy`, `draining`, `ejected`).
+pub const ENDPOINTS: &str = "vipd_endpoints";
+/// `vipd_outlier_ejections_total{service,endpoint}`: passive ejections of an endpoint.
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "vipd_outlier_ejections_total";
+/// `vipd_dns_queries_total{rcode}`: DNS queries answered, by response code.
+pub const DNS_QUERIES_TOTAL: &str = "vipd_dns_queries_total";
+/// `vipd_vip_owned{service}`: 1 while vipd holds the service's VIP on its interface.
+pub const VIP_OWNED: &str = "vipd_vip_owned";
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -128,6 +140,36 @@ fn describe() {
         ACCEPT_ERRORS_TOTAL,
         Unit::Count,
         "accept() failures on a service listener (e.g. out of file descriptors)."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        Unit::Count,
+        "Config reloads by result (success, failure)."
+    );
+    describe_counter!(
+        DISCOVERY_REFRESHES_TOTAL,
+        Unit::Count,
+        "DNS discovery lookups by result (success, failure)."
+    );
+    describe_gauge!(
+        ENDPOINTS,
+        Unit::Count,
+        "Endpoints of a service by state (healthy, unhealthy, draining, ejected)."
+    );
+    describe_counter!(
+        OUTLIER_EJECTIONS_TOTAL,
+        Unit::Count,
+        "Passive ejections of an endpoint after consecutive connect failures."
+    );
+    describe_counter!(
+        DNS_QUERIES_TOTAL,
+        Unit::Count,
+        "DNS queries answered by vipd, by response code."
+    );
+    describe_gauge!(
+        VIP_OWNED,
+        Unit::Count,
+        "1 while vipd holds the service's VIP on its interface, else 0."
     );
 }
 

@@ -21,8 +21,23 @@ pub struct Config {
     pub runtime: Runtime,
     /// The admin server, if configured.
     pub admin: Option<Admin>,
+    /// The DNS server answering for service names, if configured.
+    pub dns: Option<DnsServer>,
     /// The services, in file order.
     pub services: Vec<Service>,
+}
+
+/// `[dns]`: vipd answers DNS for `<service>.<zone>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsServer {
+    /// UDP and TCP listen address.
+    pub listen: SocketAddr,
+    /// The zone served, without a trailing dot (e.g. `svc.cluster.local`).
+    pub zone: String,
+    /// TTL of answers.
+    pub ttl: Duration,
+    /// Upstreams for out-of-zone queries; empty = REFUSED.
+    pub forward: Vec<SocketAddr>,
 }
 
 /// `[runtime]`.
@@ -37,6 +52,31 @@ pub struct Runtime {
 pub struct Admin {
     /// Address the admin HTTP server listens on.
     pub listen: SocketAddr,
+    /// Bearer token required by `POST` endpoints (read from `admin.token_file`); `None` = every
+    /// `POST` is forbidden.
+    pub token: Option<Secret>,
+}
+
+/// A secret string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The secret itself; use only to compare, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// One `[[service]]`.
@@ -48,14 +88,55 @@ pub struct Service {
     pub vip: IpAddr,
     /// The ports the service listens on (at least one).
     pub ports: Vec<ServicePort>,
-    /// Backend endpoints (at least one).
+    /// Static backend endpoints (empty exactly when `discovery` is set).
     pub endpoints: Vec<EndpointSpec>,
+    /// DNS discovery of endpoints, instead of a static list.
+    pub discovery: Option<Discovery>,
     /// How connections are spread over endpoints.
     pub balance: Balance,
     /// Active health checking.
     pub health: Health,
     /// Connection handling, from `[defaults]` overridden by the service's own keys.
     pub connection: ConnectionSettings,
+    /// Passive ejection of endpoints that fail connects; `None` = off.
+    pub outlier: Option<Outlier>,
+    /// Whether vipd adds the VIP to `vip_interface` while it runs.
+    pub manage_vip: bool,
+    /// The interface a managed VIP is added to (default `lo`).
+    pub vip_interface: String,
+}
+
+/// `[service.discovery]`: endpoints from DNS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    /// What to resolve.
+    pub source: DiscoverySource,
+    /// Nameservers to ask; empty = the system resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    /// Floor for the record TTL.
+    pub min_refresh: Duration,
+    /// Ceiling for the record TTL.
+    pub max_refresh: Duration,
+}
+
+/// The DNS name endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySource {
+    /// A and AAAA records; each address gets the port's `target_port`.
+    Dns(String),
+    /// SRV records: host and port from the records, hosts then resolved (one-port services).
+    Srv(String),
+}
+
+/// `[service.outlier]`: consecutive connect failures eject an endpoint for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    /// Consecutive connect failures that eject an endpoint.
+    pub consecutive_failures: NonZeroU32,
+    /// Ejection time of a first ejection; each further ejection of the same endpoint lasts longer.
+    pub base_ejection_time: Duration,
+    /// Never eject more than this share (percent) of the service's endpoints at once.
+    pub max_ejection_percent: u8,
 }
 
 impl Service {

@@ -45,6 +45,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         Ok(Config {
             runtime,
             admin,
+            dns: None,
             services,
         })
     } else {
@@ -118,7 +119,10 @@ impl Validator {
                 self.push(&scope, "admin.listen", "port 0 is out of range 1-65535");
                 None
             }
-            Ok(listen) => Some(Admin { listen }),
+            Ok(listen) => Some(Admin {
+                listen,
+                token: None,
+            }),
             Err(_) => {
                 self.push(
                     &scope,
@@ -287,6 +291,10 @@ impl Validator {
             },
             health,
             connection,
+            discovery: None,
+            outlier: None,
+            manage_vip: false,
+            vip_interface: "lo".to_owned(),
         }
     }
 

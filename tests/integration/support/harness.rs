@@ -40,6 +40,10 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> Service {
             ..Health::default()
         },
         connection: ConnectionSettings::default(),
+        discovery: None,
+        outlier: None,
+        manage_vip: false,
+        vip_interface: "lo".to_owned(),
     }
 }
 
@@ -74,7 +78,9 @@ impl Running {
             runtime: Runtime { workers: None },
             admin: admin.then(|| Admin {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                token: None,
             }),
+            dns: None,
             services,
         };
         let app = App::bind(config).await.expect("bind vipd");
