@@ -22,6 +22,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

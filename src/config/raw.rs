@@ -45,6 +45,8 @@ pub struct RawRuntime {
 pub struct RawAdmin {
     /// `IP:PORT`; a string so a bad address is a semantic error naming the key.
     pub listen: String,
+    /// File holding the bearer token of the `POST` endpoints (relative to the config file).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// `[defaults]`. (A service repeats these keys itself rather than flattening this struct,

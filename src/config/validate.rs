@@ -19,14 +19,14 @@ use super::raw::{
 };
 use super::{
     Admin, Balance, Config, ConfigError, ConnectionSettings, EndpointSpec, Health, HealthCheck,
-    Protocol, Runtime, Service, ServicePort,
+    Protocol, Runtime, Secret, Service, ServicePort,
 };
 
 /// Validates a parsed file; `path` only names the file in errors.
 pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let mut v = Validator::default();
     let runtime = v.runtime(&raw.runtime);
-    let admin = raw.admin.as_ref().and_then(|a| v.admin(a));
+    let admin = raw.admin.as_ref().and_then(|a| v.admin(a, path));
     let defaults = v.defaults(&raw.defaults);
 
     let mut services = Vec::with_capacity(raw.services.len());
@@ -112,17 +112,18 @@ impl Validator {
         }
     }
 
-    fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
+    fn admin(&mut self, raw: &RawAdmin, config_path: &Path) -> Option<Admin> {
         let scope = ProblemScope::Global;
+        let token = raw
+            .token_file
+            .as_ref()
+            .and_then(|file| self.token(file, config_path));
         match raw.listen.parse::<SocketAddr>() {
             Ok(listen) if listen.port() == 0 => {
                 self.push(&scope, "admin.listen", "port 0 is out of range 1-65535");
                 None
             }
-            Ok(listen) => Some(Admin {
-                listen,
-                token: None,
-            }),
+            Ok(listen) => Some(Admin { listen, token }),
             Err(_) => {
                 self.push(
                     &scope,
@@ -131,6 +132,47 @@ impl Validator {
                         "\"{}\" is not an IP:PORT address (e.g. \"127.0.0.1:9901\" or \"[::1]:9901\")",
                         raw.listen
                     ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads `admin.token_file` (relative paths start at the config file's directory).
+    fn token(&mut self, file: &Path, config_path: &Path) -> Option<Secret> {
+        let scope = ProblemScope::Global;
+        let full = match config_path.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_path_buf(),
+        };
+        match std::fs::read_to_string(&full) {
+            Ok(text) if text.trim().is_empty() => {
+                self.push(
+                    &scope,
+                    "admin.token_file",
+                    format!("{} is empty", full.display()),
+                );
+                None
+            }
+            Ok(text)
+                if text
+                    .trim()
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                self.push(
+                    &scope,
+                    "admin.token_file",
+                    format!("{}: the token must be one word", full.display()),
+                );
+                None
+            }
+            Ok(text) => Some(Secret::new(text.trim().to_owned())),
+            Err(error) => {
+                self.push(
+                    &scope,
+                    "admin.token_file",
+                    format!("cannot read {}: {error}", full.display()),
                 );
                 None
             }

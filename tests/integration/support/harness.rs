@@ -98,7 +98,7 @@ impl Running {
     }
 
     /// The service called `name`.
-    pub fn service(&self, name: &str) -> &Arc<ServiceState> {
+    pub fn service(&self, name: &str) -> Arc<ServiceState> {
         self.state.service(name).expect("service exists")
     }
 
@@ -109,7 +109,7 @@ impl Running {
 
     /// Waits until every service finished its first health round.
     pub async fn ready(&self) {
-        for service in self.state.services() {
+        for service in self.state.services().iter() {
             within("first health round", service.wait_first_round()).await;
         }
     }
