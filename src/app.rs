@@ -451,7 +451,9 @@ impl Running {
             .listeners
             .keys()
             .filter(|(name, addr)| {
-                to_open.iter().any(|(n, a)| a == addr && n != name)
+                // Port 0 means "any free port": it never collides.
+                addr.port() != 0
+                    && to_open.iter().any(|(n, a)| a == addr && n != name)
                     && !to_open.contains(&(name.clone(), *addr))
             })
             .cloned()

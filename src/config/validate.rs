@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use super::error::{Problem, ProblemScope};
 use super::raw::{
-    RawAdmin, RawBalance, RawCheck, RawConfig, RawConnection, RawHealth, RawPort, RawProtocol,
-    RawRuntime, RawService,
+    RawAdmin, RawBalance, RawCheck, RawConfig, RawConnection, RawHealth, RawOutlier, RawPort,
+    RawProtocol, RawRuntime, RawService,
 };
 use super::{
     Admin, Balance, Config, ConfigError, ConnectionSettings, EndpointSpec, Health, HealthCheck,
-    Protocol, Runtime, Secret, Service, ServicePort,
+    Outlier, Protocol, Runtime, Secret, Service, ServicePort,
 };
 
 /// Validates a parsed file; `path` only names the file in errors.
@@ -321,6 +321,7 @@ impl Validator {
         };
         let connection = self.connection(&scope, "", &overrides, defaults);
         let health = self.health(&scope, raw.health.as_ref());
+        let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
 
         Service {
             name: raw.name.clone(),
@@ -334,7 +335,7 @@ impl Validator {
             health,
             connection,
             discovery: None,
-            outlier: None,
+            outlier,
             manage_vip: false,
             vip_interface: "lo".to_owned(),
         }
@@ -535,6 +536,33 @@ impl Validator {
                 protocol: p.protocol,
                 owner: format!("{scope} ports[{i}]"),
             });
+        }
+    }
+
+    fn outlier(&mut self, scope: &ProblemScope, raw: &RawOutlier) -> Outlier {
+        let consecutive_failures = match raw.consecutive_failures {
+            None => NonZeroU32::new(5).expect("non-zero"),
+            Some(n) => NonZeroU32::new(n).unwrap_or_else(|| {
+                self.push(scope, "outlier.consecutive_failures", "must be at least 1");
+                NonZeroU32::MIN
+            }),
+        };
+        let base_ejection_time = raw.base_ejection_time.unwrap_or(Duration::from_secs(30));
+        if base_ejection_time.is_zero() {
+            self.push(scope, "outlier.base_ejection_time", "must be longer than 0");
+        }
+        let max_ejection_percent = raw.max_ejection_percent.unwrap_or(50);
+        if max_ejection_percent > 100 {
+            self.push(
+                scope,
+                "outlier.max_ejection_percent",
+                format!("{max_ejection_percent} is more than 100"),
+            );
+        }
+        Outlier {
+            consecutive_failures,
+            base_ejection_time,
+            max_ejection_percent: max_ejection_percent.min(100) as u8,
         }
     }
 

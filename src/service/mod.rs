@@ -84,8 +84,8 @@ pub enum ControlError {
 /// Requests to a service's owner task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Apply new settings (reload).
-    Reconfigure(Arc<config::Service>),
+    /// Apply new settings (reload); answered once the new snapshot is published.
+    Reconfigure(Arc<config::Service>, oneshot::Sender<()>),
     /// Operator drain (`true`) or undrain (`false`); answers whether the endpoint exists.
     SetDraining {
         endpoint: SocketAddr,
@@ -274,12 +274,16 @@ impl ServiceState {
         let _ = self.events.send(event);
     }
 
-    /// Applies new settings of this service (reload). Listeners are the caller's business.
+    /// Applies new settings of this service (reload) and returns once they are published.
+    /// Listeners are the caller's business.
     pub async fn reconfigure(&self, config: config::Service) -> Result<(), ControlError> {
+        let (done, applied) = oneshot::channel();
+        let stopping = || ControlError::Stopping(self.name.clone());
         self.commands
-            .send(Command::Reconfigure(Arc::new(config)))
+            .send(Command::Reconfigure(Arc::new(config), done))
             .await
-            .map_err(|_| ControlError::Stopping(self.name.clone()))
+            .map_err(|_| stopping())?;
+        applied.await.map_err(|_| stopping())
     }
 
     /// Drains (`true`: no new connections, established ones stay) or undrains an endpoint.

@@ -116,7 +116,10 @@ impl Owner {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Reconfigure(config) => self.reconfigure(config),
+            Command::Reconfigure(config, done) => {
+                self.reconfigure(config);
+                let _ = done.send(());
+            }
             Command::SetDraining {
                 endpoint,
                 draining,

@@ -7,4 +7,5 @@ mod admin;
 mod cli;
 mod health;
 mod proxy;
+mod reload;
 mod shutdown;
