@@ -63,25 +63,35 @@ pub async fn run(
             Ok(Answer { endpoints, ttl }) => {
                 successes.increment(1);
                 backoff.reset();
+                let wait = refresh_delay(ttl, discovery.min_refresh, discovery.max_refresh);
                 let count = endpoints.len();
-                let changed = updates.send_if_modified(|current| {
-                    if current.as_ref() == Some(&endpoints) {
+                let mut change = None;
+                updates.send_if_modified(|current| {
+                    let previous = current.as_deref().unwrap_or_default();
+                    if current.is_some() && previous == endpoints.as_slice() {
                         return false;
                     }
+                    change = Some(Change::between(previous, &endpoints));
                     *current = Some(endpoints);
                     true
                 });
-                let wait = refresh_delay(ttl, discovery.min_refresh, discovery.max_refresh);
-                if changed {
-                    tracing::info!(
+                match change {
+                    Some(Change { added, removed }) => tracing::info!(
+                        service = %service,
+                        name,
+                        endpoints = count,
+                        added = %added,
+                        removed = %removed,
+                        next_refresh = ?wait,
+                        "discovery: endpoint set changed"
+                    ),
+                    None => tracing::debug!(
                         service = %service,
                         name,
                         endpoints = count,
                         next_refresh = ?wait,
-                        "discovery: endpoint set changed"
-                    );
-                } else {
-                    tracing::debug!(service = %service, name, endpoints = count, next_refresh = ?wait, "discovery: unchanged");
+                        "discovery: endpoint set unchanged"
+                    ),
                 }
                 wait
             }
@@ -102,6 +112,32 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             () = updates.closed() => return,
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// What a new endpoint set adds and removes, as log text (`10.0.0.1, [::1]:9001`).
+struct Change {
+    added: String,
+    removed: String,
+}
+
+impl Change {
+    /// Only computed when the set changed, so the quadratic scan costs nothing per refresh.
+    fn between(old: &[EndpointSpec], new: &[EndpointSpec]) -> Change {
+        let list = |from: &[EndpointSpec], without: &[EndpointSpec]| {
+            from.iter()
+                .filter(|e| !without.contains(e))
+                .map(|e| match e.port {
+                    Some(port) => std::net::SocketAddr::new(e.ip, port).to_string(),
+                    None => e.ip.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Change {
+            added: list(new, old),
+            removed: list(old, new),
         }
     }
 }
@@ -170,6 +206,24 @@ mod tests {
                 "{ttl:?} in [{min:?}, {max:?}]"
             );
         }
+    }
+
+    #[test]
+    fn change_lists_added_and_removed_endpoints() {
+        let ep = |ip: &str, port: Option<u16>| EndpointSpec {
+            ip: ip.parse().unwrap(),
+            port,
+        };
+        let old = [ep("10.0.0.1", None), ep("10.0.0.2", None)];
+        let new = [ep("10.0.0.2", None), ep("::1", None)];
+        let change = Change::between(&old, &new);
+        assert_eq!(
+            (change.added.as_str(), change.removed.as_str()),
+            ("::1", "10.0.0.1")
+        );
+        let change = Change::between(&[], &[ep("::1", Some(9001)), ep("10.0.0.1", Some(80))]);
+        assert_eq!(change.added, "[::1]:9001, 10.0.0.1:80");
+        assert_eq!(change.removed, "");
     }
 
     #[test]
