@@ -573,6 +573,30 @@ mod run_tests {
         d.stop().await;
     }
 
+    /// A set too large for one UDP answer arrives whole: the truncated UDP answer is retried
+    /// over TCP.
+    #[tokio::test(start_paused = true)]
+    async fn large_sets_fall_back_to_tcp() {
+        let dns = TestDns::start().await;
+        let name = "big.test";
+        let ips: Vec<IpAddr> = (1..=200)
+            .map(|n| IpAddr::from([10, 0, n / 100, n % 100 + 1]))
+            .collect();
+        dns.set_addresses(name, 30, &ips);
+        let mut d = Discovering::start("disc-big", &dns, DiscoverySource::Dns(name.into()), 1, 30);
+        let mut want: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        want.sort();
+        let mut got: Vec<String> = d.next().await.iter().map(|e| e.ip.to_string()).collect();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(
+            dns.queries().iter().any(|q| q.over_tcp),
+            "the answer came over TCP: {:?}",
+            dns.queries()
+        );
+        d.stop().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn stops_when_every_receiver_is_gone() {
         let dns = TestDns::start().await;

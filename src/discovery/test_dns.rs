@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
@@ -40,6 +41,8 @@ pub struct Query {
     pub record_type: RecordType,
     /// When it arrived (tokio clock).
     pub at: Instant,
+    /// Whether it came over TCP (else UDP).
+    pub over_tcp: bool,
 }
 
 #[derive(Debug)]
@@ -226,6 +229,7 @@ impl RequestHandler for Handler {
                 name: name.clone(),
                 record_type,
                 at: Instant::now(),
+                over_tcp: request.protocol() == Protocol::Tcp,
             });
             (zone.mode, zone.answer(&name, record_type))
         };
