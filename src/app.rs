@@ -301,15 +301,18 @@ impl App {
             control: control.clone(),
             reload_results: reload_counters(),
         };
+        if watch_file && let Some(path) = running.config_path.clone() {
+            // Read before serving starts, so a change made right after start is not taken as
+            // the baseline.
+            let baseline = tokio::fs::read(&path).await.ok();
+            let trigger = ReloadTrigger(state.reloads.clone());
+            control.spawn(watch_config_file(path, baseline, trigger, shutdown.clone()));
+        }
         for service in services {
             running.start_service(service);
         }
         state.enter(Phase::Serving);
         control.spawn(announce_ready(Arc::clone(&state), shutdown.clone()));
-        if watch_file && let Some(path) = running.config_path.clone() {
-            let trigger = ReloadTrigger(state.reloads.clone());
-            control.spawn(watch_config_file(path, trigger, shutdown.clone()));
-        }
 
         loop {
             tokio::select! {
@@ -587,8 +590,12 @@ async fn announce_ready(state: Arc<AppState>, shutdown: CancellationToken) {
 
 /// Requests a reload whenever the file's content changes (`--watch`). Reading the whole file
 /// is cheap for a config and catches editors that replace the file instead of writing it.
-async fn watch_config_file(path: PathBuf, trigger: ReloadTrigger, shutdown: CancellationToken) {
-    let mut last = tokio::fs::read(&path).await.ok();
+async fn watch_config_file(
+    path: PathBuf,
+    mut last: Option<Vec<u8>>,
+    trigger: ReloadTrigger,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {

@@ -5,6 +5,8 @@
 //! - [`service`]: per-service state shared by control and data plane: endpoints with live
 //!   counters, the immutable snapshot the data plane reads lock-free, and the owner task that
 //!   rebuilds it when health changes.
+//! - [`discovery`]: endpoints from DNS (A/AAAA or SRV), re-resolved as TTLs expire and sent
+//!   as whole sets to the service's owner task.
 //! - [`health`]: the health state machine (pure) and the probes (tcp, http) around it.
 //! - [`balance`]: pickers that choose an endpoint for a new connection.
 //! - [`proxy`]: the data plane: accept, pick, connect with failover, copy both ways.

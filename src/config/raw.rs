@@ -77,8 +77,9 @@ pub struct RawService {
     pub vip: String,
     /// Listened ports.
     pub ports: Vec<RawPort>,
-    /// Endpoints, as written (`IP`, `IP:PORT`, `[IPv6]`, `[IPv6]:PORT`).
-    pub endpoints: Vec<String>,
+    /// Endpoints, as written (`IP`, `IP:PORT`, `[IPv6]`, `[IPv6]:PORT`); absent when
+    /// `[service.discovery]` supplies them (validation requires exactly one of the two).
+    pub endpoints: Option<Vec<String>>,
     /// Balancing policy.
     pub balance: Option<RawBalance>,
     /// Overrides `[defaults].connect_timeout`.
@@ -96,6 +97,8 @@ pub struct RawService {
     pub health: Option<RawHealth>,
     /// `[service.outlier]`.
     pub outlier: Option<RawOutlier>,
+    /// `[service.discovery]`: endpoints from DNS instead of `endpoints`.
+    pub discovery: Option<RawDiscovery>,
 }
 
 /// `[service.outlier]`: passive ejection after consecutive connect failures.
@@ -109,6 +112,25 @@ pub struct RawOutlier {
     pub base_ejection_time: Option<Duration>,
     /// Share of endpoints that may be ejected at once, percent (default 50).
     pub max_ejection_percent: Option<u32>,
+}
+
+/// `[service.discovery]`. `dns` and `srv` are both optional here so validation can say
+/// "exactly one of" with the service's name, rather than serde's generic message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// Name resolved to A and AAAA records.
+    pub dns: Option<String>,
+    /// Name resolved to SRV records.
+    pub srv: Option<String>,
+    /// Nameservers as written (`IP` or `IP:PORT`); absent = the system configuration.
+    pub nameservers: Option<Vec<String>>,
+    /// Floor for the record TTL.
+    #[serde(default, deserialize_with = "duration")]
+    pub min_refresh: Option<Duration>,
+    /// Ceiling for the record TTL.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_refresh: Option<Duration>,
 }
 
 /// One entry of `ports`.

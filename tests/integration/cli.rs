@@ -28,7 +28,7 @@ fn free_port() -> u16 {
 
 /// A vipd child process whose stderr lines are collected in the background.
 struct Child_ {
-    child: Child,
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -308,11 +308,12 @@ async fn accept_survives_running_out_of_file_descriptors() {
         ),
     );
     // A low descriptor limit that a few dozen connections exhaust.
+    const LIMIT: usize = 48;
     let mut vipd = Child_::spawn_program(
         "sh",
         &[
             "-c",
-            r#"ulimit -n 48 && exec "$0" "$@""#,
+            &format!(r#"ulimit -n {LIMIT} && exec "$0" "$@""#),
             VIPD,
             "run",
             "-c",
@@ -320,11 +321,42 @@ async fn accept_survives_running_out_of_file_descriptors() {
         ],
     );
     vipd.wait_for("ready");
+    let pid = vipd.child.id();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    // Each proxied connection holds two descriptors (client and endpoint). Make the number left
+    // even, so the limit is reached by accept() itself rather than by the endpoint's socket():
+    // an idle admin connection takes one.
     let mut clients = Vec::new();
-    for _ in 0..64 {
-        // The kernel completes handshakes into the backlog even when vipd cannot accept.
-        clients.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    let before = open_fds();
+    if (LIMIT - before) % 2 == 1 {
+        clients.push(TcpStream::connect(("127.0.0.1", admin)).await.unwrap());
+        // The external process gives no event for an accepted connection; watch its table.
+        for _ in 0..1000 {
+            if open_fds() > before {
+                break;
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(open_fds(), before + 1);
     }
+    let room = (LIMIT - open_fds()) / 2;
+    for i in 0..room {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        client.write_all(b"x").await.unwrap();
+        let mut back = [0u8; 1];
+        crate::support::within(&format!("client {i} served"), client.read_exact(&mut back))
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    // No descriptor left: the kernel completes this handshake into the backlog, and vipd's
+    // accept() fails.
+    clients.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
     vipd.wait_for("accept failed; pausing");
     drop(clients);
     // Descriptors are free again: a new client is served.

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod discovery;
 mod health;
 mod proxy;
 mod reload;

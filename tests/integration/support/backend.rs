@@ -37,6 +37,22 @@ impl Backend {
         Self::serve(listener, name, behaviour)
     }
 
+    /// Starts a backend on `addr` (port 0 = any free port).
+    pub async fn start_on(addr: SocketAddr, name: &str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        Self::serve(listener, name, behaviour)
+    }
+
+    /// Starts a backend on `addr`, or `None` if the address is taken.
+    pub async fn try_start_at(
+        addr: SocketAddr,
+        name: &str,
+        behaviour: Behaviour,
+    ) -> Option<Backend> {
+        let listener = TcpListener::bind(addr).await.ok()?;
+        Some(Self::serve(listener, name, behaviour))
+    }
+
     /// Starts a backend on a given address (e.g. to bring a stopped one back).
     pub async fn start_at(addr: SocketAddr, name: &str, behaviour: Behaviour) -> Backend {
         let listener = TcpListener::bind(addr).await.expect("rebind backend");

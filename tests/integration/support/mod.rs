@@ -1,6 +1,11 @@
 //! Test harness: backends, a running vipd, and helpers to await events instead of sleeping.
 
 pub mod backend;
+/// A DNS server on loopback whose records tests change (shared with the library's unit tests,
+/// which use more of it than these tests do).
+#[allow(dead_code)]
+#[path = "../../../src/discovery/test_dns.rs"]
+pub mod dns_server;
 pub mod harness;
 pub mod http;
 
