@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     /// `[admin]`; absent = no admin server.
     pub admin: Option<RawAdmin>,
+    /// `[dns]`; absent = no DNS server.
+    pub dns: Option<RawDns>,
     /// `[defaults]`: connection settings every service inherits.
     #[serde(default)]
     pub defaults: RawConnection,
@@ -45,6 +47,21 @@ pub struct RawRuntime {
 pub struct RawAdmin {
     /// `IP:PORT`; a string so a bad address is a semantic error naming the key.
     pub listen: String,
+}
+
+/// `[dns]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `IP:PORT` for UDP and TCP.
+    pub listen: String,
+    /// The zone served, e.g. `svc.cluster.local`.
+    pub zone: String,
+    /// TTL of answers.
+    #[serde(default, deserialize_with = "duration")]
+    pub ttl: Option<Duration>,
+    /// Upstreams (`IP` or `IP:PORT`) for out-of-zone queries.
+    pub forward: Option<Vec<String>>,
 }
 
 /// `[defaults]`. (A service repeats these keys itself rather than flattening this struct,
@@ -92,6 +109,10 @@ pub struct RawService {
     pub max_connect_attempts: Option<u32>,
     /// `[service.health]`.
     pub health: Option<RawHealth>,
+    /// Whether vipd adds the VIP to an interface while it runs.
+    pub manage_vip: Option<bool>,
+    /// The interface a managed VIP goes on.
+    pub vip_interface: Option<String>,
 }
 
 /// One entry of `ports`.
