@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{self, Config};
+use crate::dns::{self, ServiceRecords};
 use crate::proxy::{listener, tcp};
 use crate::service::{ServiceState, owner};
 use crate::status::{Status, StatusSource};
@@ -82,6 +83,17 @@ pub struct App {
     state: Arc<AppState>,
     listeners: Vec<(Arc<ServiceState>, usize, TcpListener)>,
     admin: Option<TcpListener>,
+    dns: Option<DnsBound>,
+}
+
+/// The bound DNS server and the channel its records are published on.
+#[derive(Debug)]
+struct DnsBound {
+    udp: tokio::net::UdpSocket,
+    tcp: TcpListener,
+    settings: config::DnsServer,
+    /// A reload sends new records here.
+    records: watch::Sender<Arc<ServiceRecords>>,
 }
 
 impl App {
@@ -112,6 +124,19 @@ impl App {
             service.set_bound(bound);
             services.push(service);
         }
+        let dns = match config.dns {
+            Some(settings) => {
+                let (udp, tcp) = dns::bind(settings.listen).await?;
+                let records = watch::Sender::new(Arc::new(service_records(&services)));
+                Some(DnsBound {
+                    udp,
+                    tcp,
+                    settings,
+                    records,
+                })
+            }
+            None => None,
+        };
         Ok(App {
             state: Arc::new(AppState {
                 services,
@@ -119,7 +144,13 @@ impl App {
             }),
             listeners,
             admin,
+            dns,
         })
+    }
+
+    /// The bound DNS address (UDP and TCP).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().and_then(|d| d.udp.local_addr().ok())
     }
 
     /// Shared state (status, services) of this app.
@@ -149,6 +180,20 @@ impl App {
         if let Some(admin) = self.admin {
             let source: Arc<dyn StatusSource> = self.state.clone();
             control.spawn(crate::admin::serve(admin, source, admin_stop.clone()));
+        }
+        // Kept until shutdown: dropping it would freeze the records the server answers from.
+        let mut _dns_records = None;
+        if let Some(dns) = self.dns {
+            let addr = dns.udp.local_addr()?;
+            tracing::info!(%addr, zone = %dns.settings.zone, "dns: serving");
+            control.spawn(dns::serve(
+                dns.udp,
+                dns.tcp,
+                dns.settings,
+                dns.records.subscribe(),
+                admin_stop.clone(),
+            ));
+            _dns_records = Some(dns.records);
         }
         for service in self.state.services() {
             control.spawn(owner::run(Arc::clone(service), shutdown.clone()));
@@ -197,4 +242,19 @@ impl App {
         control.wait().await;
         Ok(())
     }
+}
+
+/// DNS records of `services` with the ports actually bound (which differ from the config's
+/// when it asked for port 0).
+fn service_records(services: &[Arc<ServiceState>]) -> ServiceRecords {
+    ServiceRecords::new(services.iter().map(|s| {
+        let ports = s
+            .config
+            .ports
+            .iter()
+            .zip(s.bound())
+            .map(|(p, addr)| (p.name.clone(), p.protocol, addr.port()))
+            .collect();
+        (s.name().to_owned(), s.config.vip, ports)
+    }))
 }

@@ -13,6 +13,7 @@
 //! - [`metrics`]: every metric name with its help text, and the Prometheus recorder.
 //! - [`shutdown`]: OS signals turned into cancellation.
 //! - [`app`]: binds everything from a config and runs it until cancelled; used by `main` and tests.
+//! - [`dns`]: the DNS server answering `<service>.<zone>` with VIPs and SRV ports.
 //! - [`demo`]: the self-contained `vipd demo`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,6 +23,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod dns;
 mod health;
 mod proxy;
 mod shutdown;
