@@ -17,6 +17,7 @@ use crate::dns::{self, ServiceRecords};
 use crate::proxy::{listener, tcp};
 use crate::service::{ServiceState, owner};
 use crate::status::{Status, StatusSource};
+use crate::vip::{DesiredVip, VipManager};
 
 /// Where the app is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,6 +85,7 @@ pub struct App {
     listeners: Vec<(Arc<ServiceState>, usize, TcpListener)>,
     admin: Option<TcpListener>,
     dns: Option<DnsBound>,
+    vips: Option<VipManager>,
 }
 
 /// The bound DNS server and the channel its records are published on.
@@ -108,6 +110,9 @@ impl App {
             ),
             None => None,
         };
+        // Listeners of managed VIPs bind with IP_FREEBIND, so the VIPs can be added last: a
+        // failure before then leaves no address behind.
+        let desired_vips = DesiredVip::from_services(&config.services);
         let mut services = Vec::new();
         let mut listeners = Vec::new();
         for service_config in config.services {
@@ -115,9 +120,10 @@ impl App {
             let mut bound = Vec::new();
             for (index, port) in service.config.ports.iter().enumerate() {
                 let addr = SocketAddr::new(service.config.vip, port.port);
-                let socket = listener::bind_tcp(addr).with_context(|| {
-                    format!("service \"{}\": cannot listen on {addr}", service.name())
-                })?;
+                let socket = listener::bind_tcp_with(addr, service.config.manage_vip)
+                    .with_context(|| {
+                        format!("service \"{}\": cannot listen on {addr}", service.name())
+                    })?;
                 bound.push(socket.local_addr()?);
                 listeners.push((Arc::clone(&service), index, socket));
             }
@@ -137,6 +143,17 @@ impl App {
             }
             None => None,
         };
+        let vips = if desired_vips.is_empty() {
+            None
+        } else {
+            let mut vips = VipManager::new()?;
+            if let Err(e) = vips.apply(&desired_vips).await {
+                // Whatever was added before the failure goes again.
+                vips.release_all().await;
+                return Err(e.into());
+            }
+            Some(vips)
+        };
         Ok(App {
             state: Arc::new(AppState {
                 services,
@@ -145,6 +162,7 @@ impl App {
             listeners,
             admin,
             dns,
+            vips,
         })
     }
 
@@ -195,6 +213,21 @@ impl App {
             ));
             _dns_records = Some(dns.records);
         }
+        let vips = self.vips.map(|v| Arc::new(tokio::sync::Mutex::new(v)));
+        if let Some(vips) = &vips {
+            let (vips, stop) = (Arc::clone(vips), shutdown.clone());
+            control.spawn(async move {
+                let mut every = tokio::time::interval(crate::vip::ANNOUNCE_PERIOD);
+                // The first tick is immediate, and apply() announced already.
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => vips.lock().await.announce_all(),
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            });
+        }
         for service in self.state.services() {
             control.spawn(owner::run(Arc::clone(service), shutdown.clone()));
         }
@@ -235,6 +268,9 @@ impl App {
             "listeners closed; draining established connections"
         );
         connections.wait().await;
+        if let Some(vips) = &vips {
+            vips.lock().await.release_all().await;
+        }
         self.state.enter(Phase::Stopped);
         tracing::info!("all connections closed; stopping");
         admin_stop.cancel();

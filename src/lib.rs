@@ -12,6 +12,7 @@
 //! - [`status`]: the `/status` document and the trait the admin server reads it through.
 //! - [`metrics`]: every metric name with its help text, and the Prometheus recorder.
 //! - [`shutdown`]: OS signals turned into cancellation.
+//! - [`vip`]: VIP ownership: adds managed VIPs to interfaces over netlink and announces them.
 //! - [`app`]: binds everything from a config and runs it until cancelled; used by `main` and tests.
 //! - [`dns`]: the DNS server answering `<service>.<zone>` with VIPs and SRV ports.
 //! - [`demo`]: the self-contained `vipd demo`.
@@ -30,3 +31,4 @@ pub mod proxy;
 pub mod service;
 pub mod shutdown;
 pub mod status;
+pub mod vip;

@@ -9,3 +9,4 @@ mod dns;
 mod health;
 mod proxy;
 mod shutdown;
+mod vip;
