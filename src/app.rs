@@ -23,9 +23,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::diff::{self, Changes};
 use crate::config::{self, Config, Secret};
+use crate::dns::{self, ServiceRecords};
 use crate::proxy::{listener, tcp};
 use crate::service::{ControlError, Inbox, ServiceState, owner};
 use crate::status::{AdminSource, BoxFuture, Status};
+use crate::vip::{DesiredVip, VipManager};
 
 /// How often `--watch` looks at the config file.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -180,6 +182,16 @@ struct PendingService {
     listeners: Vec<(SocketAddr, TcpListener)>,
 }
 
+/// The bound DNS server and the channel its records are published on.
+#[derive(Debug)]
+struct DnsBound {
+    udp: tokio::net::UdpSocket,
+    tcp: TcpListener,
+    settings: config::DnsServer,
+    /// A reload sends new records here.
+    records: watch::Sender<Arc<ServiceRecords>>,
+}
+
 /// A bound, not yet running vipd.
 #[derive(Debug)]
 pub struct App {
@@ -189,6 +201,8 @@ pub struct App {
     watch_file: bool,
     services: Vec<PendingService>,
     admin: Option<(TcpListener, Option<Secret>)>,
+    dns: Option<DnsBound>,
+    vips: Option<VipManager>,
     reload_requests: mpsc::Receiver<ReloadRequest>,
     /// Parent of every service's token: cancelled at shutdown.
     root: CancellationToken,
@@ -219,9 +233,36 @@ impl App {
                 listeners,
             });
         }
+        let states: Vec<Arc<ServiceState>> = services.iter().map(|s| s.state.clone()).collect();
+        let dns = match &config.dns {
+            Some(settings) => {
+                let (udp, tcp) = dns::bind(settings.listen).await?;
+                Some(DnsBound {
+                    udp,
+                    tcp,
+                    settings: settings.clone(),
+                    records: watch::Sender::new(Arc::new(service_records(&states))),
+                })
+            }
+            None => None,
+        };
+        // Listeners of managed VIPs bind with IP_FREEBIND, so the VIPs can be added last: a
+        // failure before then leaves no address behind.
+        let desired_vips = DesiredVip::from_services(&config.services);
+        let vips = if desired_vips.is_empty() {
+            None
+        } else {
+            let mut vips = VipManager::new()?;
+            if let Err(error) = vips.apply(&desired_vips).await {
+                // Whatever was added before the failure goes again.
+                vips.release_all().await;
+                return Err(error.into());
+            }
+            Some(vips)
+        };
         let (reloads, reload_requests) = mpsc::channel(8);
         let state = Arc::new(AppState {
-            services: ArcSwap::from_pointee(services.iter().map(|s| s.state.clone()).collect()),
+            services: ArcSwap::from_pointee(states),
             phase: watch::Sender::new(Phase::Bound),
             reloads,
         });
@@ -232,9 +273,16 @@ impl App {
             watch_file: false,
             services,
             admin,
+            dns,
+            vips,
             reload_requests,
             root,
         })
+    }
+
+    /// The bound DNS address (UDP and TCP).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().and_then(|d| d.udp.local_addr().ok())
     }
 
     /// Sets the file reloads read; with `watch`, a change of the file triggers a reload.
@@ -274,6 +322,8 @@ impl App {
             watch_file,
             services,
             admin,
+            dns,
+            vips,
             mut reload_requests,
             root,
         } = self;
@@ -290,6 +340,25 @@ impl App {
                 admin_stop.clone(),
             ));
         }
+        let dns_records = match dns {
+            Some(dns) => {
+                let addr = dns.udp.local_addr()?;
+                tracing::info!(%addr, zone = %dns.settings.zone, "dns: serving");
+                control.spawn(dns::serve(
+                    dns.udp,
+                    dns.tcp,
+                    dns.settings,
+                    dns.records.subscribe(),
+                    admin_stop.clone(),
+                ));
+                Some(dns.records)
+            }
+            None => None,
+        };
+        let vips = vips.map(|v| Arc::new(tokio::sync::Mutex::new(v)));
+        if let Some(vips) = &vips {
+            control.spawn(announce_vips(Arc::clone(vips), shutdown.clone()));
+        }
         let mut running = Running {
             state: Arc::clone(&state),
             config,
@@ -300,6 +369,8 @@ impl App {
             connections: TaskTracker::new(),
             control: control.clone(),
             reload_results: reload_counters(),
+            dns_records,
+            vips: vips.clone(),
         };
         if watch_file && let Some(path) = running.config_path.clone() {
             // Read before serving starts, so a change made right after start is not taken as
@@ -338,6 +409,9 @@ impl App {
             "listeners closed; draining established connections"
         );
         running.connections.wait().await;
+        if let Some(vips) = &vips {
+            vips.lock().await.release_all().await;
+        }
         state.enter(Phase::Stopped);
         tracing::info!("all connections closed; stopping");
         admin_stop.cancel();
@@ -368,6 +442,10 @@ struct Running {
     control: TaskTracker,
     /// `vipd_config_reloads_total{result}`: success, failure.
     reload_results: [Counter; 2],
+    /// Where the DNS server reads its records from.
+    dns_records: Option<watch::Sender<Arc<ServiceRecords>>>,
+    /// VIPs held on interfaces.
+    vips: Option<Arc<tokio::sync::Mutex<VipManager>>>,
 }
 
 impl Running {
@@ -519,9 +597,37 @@ impl Running {
             );
             services.push(state);
         }
+        if let Some(records) = &self.dns_records {
+            records.send_replace(Arc::new(service_records(&services)));
+        }
         self.state.services.store(Arc::new(services));
+        self.reconcile_vips(&new).await;
         self.config = new;
         Ok(changes.summary())
+    }
+
+    /// Makes the held VIPs those of `config` (adding new ones, releasing ones no longer used).
+    async fn reconcile_vips(&mut self, config: &Config) {
+        let desired = DesiredVip::from_services(&config.services);
+        if self.vips.is_none() && !desired.is_empty() {
+            match VipManager::new() {
+                Ok(manager) => {
+                    let manager = Arc::new(tokio::sync::Mutex::new(manager));
+                    self.control
+                        .spawn(announce_vips(Arc::clone(&manager), self.root.clone()));
+                    self.vips = Some(manager);
+                }
+                Err(error) => {
+                    tracing::error!("vip: cannot manage VIPs: {error}");
+                    return;
+                }
+            }
+        }
+        if let Some(vips) = &self.vips
+            && let Err(error) = vips.lock().await.apply(&desired).await
+        {
+            tracing::error!("vip: {error}");
+        }
     }
 }
 
@@ -557,8 +663,9 @@ fn bind_service(service: &config::Service) -> anyhow::Result<Vec<(SocketAddr, Tc
         .collect()
 }
 
-fn bind(service: &str, addr: SocketAddr, _manage_vip: bool) -> anyhow::Result<TcpListener> {
-    listener::bind_tcp(addr)
+fn bind(service: &str, addr: SocketAddr, manage_vip: bool) -> anyhow::Result<TcpListener> {
+    // A managed VIP may not be on its interface yet: IP_FREEBIND lets the bind succeed anyway.
+    listener::bind_tcp_with(addr, manage_vip)
         .with_context(|| format!("service \"{service}\": cannot listen on {addr}"))
 }
 
@@ -566,6 +673,33 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
         .expect("a bound listener has a local address")
+}
+
+/// The DNS records of `services`, with the ports actually bound.
+fn service_records(services: &[Arc<ServiceState>]) -> ServiceRecords {
+    ServiceRecords::new(services.iter().map(|s| {
+        let config = s.config();
+        let ports = config
+            .ports
+            .iter()
+            .zip(s.bound())
+            .map(|(p, addr)| (p.name.clone(), p.protocol, addr.port()))
+            .collect();
+        (s.name().to_owned(), config.vip, ports)
+    }))
+}
+
+/// Re-announces held VIPs periodically (gratuitous ARP / unsolicited NA) until `stop`.
+async fn announce_vips(vips: Arc<tokio::sync::Mutex<VipManager>>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(crate::vip::ANNOUNCE_PERIOD);
+    // The first tick is immediate, and apply() announced already.
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => vips.lock().await.announce_all(),
+            _ = stop.cancelled() => break,
+        }
+    }
 }
 
 fn reload_counters() -> [Counter; 2] {

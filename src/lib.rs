@@ -14,7 +14,9 @@
 //! - [`status`]: the `/status` document and the trait the admin server reads it through.
 //! - [`metrics`]: every metric name with its help text, and the Prometheus recorder.
 //! - [`shutdown`]: OS signals turned into cancellation.
+//! - [`vip`]: VIP ownership: adds managed VIPs to interfaces over netlink and announces them.
 //! - [`app`]: binds everything from a config and runs it until cancelled; used by `main` and tests.
+//! - [`dns`]: the DNS server answering `<service>.<zone>` with VIPs and SRV ports.
 //! - [`demo`]: the self-contained `vipd demo`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,9 +27,11 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod service;
 pub mod shutdown;
 pub mod status;
+pub mod vip;

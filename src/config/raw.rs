@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     /// `[admin]`; absent = no admin server.
     pub admin: Option<RawAdmin>,
+    /// `[dns]`; absent = no DNS server.
+    pub dns: Option<RawDns>,
     /// `[defaults]`: connection settings every service inherits.
     #[serde(default)]
     pub defaults: RawConnection,
@@ -47,6 +49,21 @@ pub struct RawAdmin {
     pub listen: String,
     /// File holding the bearer token of the `POST` endpoints (relative to the config file).
     pub token_file: Option<std::path::PathBuf>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `IP:PORT` for UDP and TCP.
+    pub listen: String,
+    /// The zone served, e.g. `svc.cluster.local`.
+    pub zone: String,
+    /// TTL of answers.
+    #[serde(default, deserialize_with = "duration")]
+    pub ttl: Option<Duration>,
+    /// Upstreams (`IP` or `IP:PORT`) for out-of-zone queries.
+    pub forward: Option<Vec<String>>,
 }
 
 /// `[defaults]`. (A service repeats these keys itself rather than flattening this struct,
@@ -99,6 +116,10 @@ pub struct RawService {
     pub outlier: Option<RawOutlier>,
     /// `[service.discovery]`: endpoints from DNS instead of `endpoints`.
     pub discovery: Option<RawDiscovery>,
+    /// Whether vipd adds the VIP to an interface while it runs.
+    pub manage_vip: Option<bool>,
+    /// The interface a managed VIP goes on.
+    pub vip_interface: Option<String>,
 }
 
 /// `[service.outlier]`: passive ejection after consecutive connect failures.

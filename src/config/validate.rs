@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use super::error::{Problem, ProblemScope};
 use super::raw::{
-    RawAdmin, RawBalance, RawCheck, RawConfig, RawConnection, RawDiscovery, RawHealth, RawOutlier,
-    RawPort, RawProtocol, RawRuntime, RawService,
+    RawAdmin, RawBalance, RawCheck, RawConfig, RawConnection, RawDiscovery, RawDns, RawHealth,
+    RawOutlier, RawPort, RawProtocol, RawRuntime, RawService,
 };
 use super::{
-    Admin, Balance, Config, ConfigError, ConnectionSettings, Discovery, DiscoverySource,
+    Admin, Balance, Config, ConfigError, ConnectionSettings, Discovery, DiscoverySource, DnsServer,
     EndpointSpec, Health, HealthCheck, Outlier, Protocol, Runtime, Secret, Service, ServicePort,
 };
 
@@ -26,7 +26,7 @@ use super::{
 const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
 /// Default ceiling for a discovered record's TTL.
 const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(30);
-/// Port of a nameserver given without one.
+/// Port of a nameserver or `dns.forward` upstream given without one.
 const DNS_PORT: u16 = 53;
 
 /// Validates a parsed file; `path` only names the file in errors.
@@ -47,12 +47,16 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     if let Some(admin) = &admin {
         v.admin_collisions(admin, &listeners);
     }
+    let dns = raw
+        .dns
+        .as_ref()
+        .and_then(|d| v.dns(d, admin.as_ref(), &listeners));
 
     if v.problems.is_empty() {
         Ok(Config {
             runtime,
             admin,
-            dns: None,
+            dns,
             services,
         })
     } else {
@@ -353,6 +357,7 @@ impl Validator {
         let connection = self.connection(&scope, "", &overrides, defaults);
         let health = self.health(&scope, raw.health.as_ref());
         let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
+        let (manage_vip, vip_interface) = self.vip_ownership(&scope, raw, vip);
 
         Service {
             name: raw.name.clone(),
@@ -367,8 +372,8 @@ impl Validator {
             connection,
             discovery,
             outlier,
-            manage_vip: false,
-            vip_interface: "lo".to_owned(),
+            manage_vip,
+            vip_interface,
         }
     }
 
@@ -865,6 +870,199 @@ fn is_self_loop(listen: SocketAddr, target: SocketAddr) -> bool {
     let (l, t) = (listen.ip(), target.ip());
     listen.port() == target.port()
         && (l == t || (l.is_unspecified() && t.is_loopback() && l.is_ipv4() == t.is_ipv4()))
+}
+
+/// The interface a managed VIP goes on when `vip_interface` is not set.
+const DEFAULT_VIP_INTERFACE: &str = "lo";
+
+/// TTL of DNS answers when `dns.ttl` is not set.
+const DEFAULT_DNS_TTL: Duration = Duration::from_secs(5);
+
+impl Validator {
+    /// `[dns]`; `None` when it has a problem (reported).
+    fn dns(
+        &mut self,
+        raw: &RawDns,
+        admin: Option<&Admin>,
+        listeners: &[Listener],
+    ) -> Option<DnsServer> {
+        let scope = ProblemScope::Global;
+        let before = self.problems.len();
+        let listen = match raw.listen.parse::<SocketAddr>() {
+            Ok(listen) if listen.port() == 0 => {
+                self.push(&scope, "dns.listen", "port 0 is out of range 1-65535");
+                None
+            }
+            Ok(listen) => Some(listen),
+            Err(_) => {
+                self.push(
+                    &scope,
+                    "dns.listen",
+                    format!(
+                        "\"{}\" is not an IP:PORT address (e.g. \"127.0.0.1:5353\" or \"[::1]:5353\")",
+                        raw.listen
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(listen) = listen {
+            // DNS listens on TCP too, so it competes with the admin server and TCP service ports.
+            if let Some(admin) = admin.filter(|a| addrs_overlap(a.listen, listen)) {
+                self.push(
+                    &scope,
+                    "dns.listen",
+                    format!(
+                        "{listen} is already the listen address of admin.listen ({})",
+                        admin.listen
+                    ),
+                );
+            } else if let Some(l) = listeners.iter().find(|l| l.overlaps(listen, Protocol::Tcp)) {
+                let message = l.collision(listen);
+                self.push(&scope, "dns.listen", message);
+            }
+        }
+        let zone = match check_zone(&raw.zone) {
+            Ok(zone) => zone,
+            Err(message) => {
+                self.push(&scope, "dns.zone", message);
+                String::new()
+            }
+        };
+        let ttl = match raw.ttl {
+            Some(ttl) if ttl < Duration::from_secs(1) => {
+                self.push(
+                    &scope,
+                    "dns.ttl",
+                    format!(
+                        "{} is less than 1s (DNS TTLs are whole seconds)",
+                        humantime::format_duration(ttl)
+                    ),
+                );
+                DEFAULT_DNS_TTL
+            }
+            Some(ttl) if ttl.as_secs() > u64::from(i32::MAX as u32) => {
+                self.push(
+                    &scope,
+                    "dns.ttl",
+                    "must be at most 68 years (2^31-1 seconds)",
+                );
+                DEFAULT_DNS_TTL
+            }
+            Some(ttl) => ttl,
+            None => DEFAULT_DNS_TTL,
+        };
+        let mut forward = Vec::new();
+        for (i, text) in raw.forward.iter().flatten().enumerate() {
+            match parse_upstream(text) {
+                Ok(addr) => forward.push(addr),
+                Err(message) => self.push(&scope, format!("dns.forward[{i}]"), message),
+            }
+        }
+        (self.problems.len() == before).then(|| DnsServer {
+            listen: listen.expect("no problem means the address parsed"),
+            zone,
+            ttl,
+            forward,
+        })
+    }
+
+    /// `manage_vip` and `vip_interface` of one service.
+    fn vip_ownership(
+        &mut self,
+        scope: &ProblemScope,
+        raw: &RawService,
+        vip: Option<IpAddr>,
+    ) -> (bool, String) {
+        let manage_vip = raw.manage_vip.unwrap_or(false);
+        let interface = raw
+            .vip_interface
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VIP_INTERFACE.to_owned());
+        if !manage_vip {
+            if raw.vip_interface.is_some() {
+                self.push(
+                    scope,
+                    "vip_interface",
+                    "only allowed with manage_vip = true",
+                );
+            }
+            return (false, interface);
+        }
+        if let Some(vip) = vip.filter(|ip| ip.is_unspecified()) {
+            self.push(
+                scope,
+                "manage_vip",
+                format!("{vip} is a wildcard address; only a single address can be added to an interface"),
+            );
+        }
+        if let Err(message) = check_interface_name(&interface) {
+            self.push(scope, "vip_interface", message);
+        }
+        (true, interface)
+    }
+}
+
+/// Checks a zone name and returns it in lowercase without a trailing dot.
+fn check_zone(text: &str) -> Result<String, String> {
+    let zone = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+    if zone.is_empty() {
+        return Err("must not be empty (e.g. \"svc.cluster.local\")".to_owned());
+    }
+    if zone.len() > 200 {
+        // Leaves room for `_port._proto.service.` in front within DNS's 253 characters.
+        return Err(format!(
+            "\"{text}\" is {} characters long; at most 200 are allowed",
+            zone.len()
+        ));
+    }
+    for label in zone.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "\"{text}\" is not a DNS name: each dot-separated label must be 1-63 letters, \
+                 digits or '-', not starting or ending with '-'"
+            ));
+        }
+    }
+    Ok(zone)
+}
+
+/// Parses a `dns.forward` entry: `IP`, `IP:PORT`, `[IPv6]` or `[IPv6]:PORT` (port 53 if absent).
+fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    let forms = "expected IP, IP:PORT, [IPv6] or [IPv6]:PORT";
+    let spec = parse_endpoint(text)
+        .map_err(|_| format!("\"{text}\" is not an upstream address; {forms}"))?;
+    if spec.ip.is_unspecified() {
+        return Err(format!("\"{text}\" is a wildcard address, not an upstream"));
+    }
+    Ok(SocketAddr::new(spec.ip, spec.port.unwrap_or(DNS_PORT)))
+}
+
+/// Checks the syntax of a Linux interface name (whether it exists is only known at run time).
+fn check_interface_name(name: &str) -> Result<(), String> {
+    // IFNAMSIZ is 16 including the terminating NUL.
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("\"{name}\" must be 1-15 characters long"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("\"{name}\" is not an interface name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || *c == '/' || *c == ':')
+    {
+        return Err(format!(
+            "\"{name}\" contains {c:?}; interface names have no spaces, '/' or ':'"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
@@ -1560,6 +1758,43 @@ mod tests {
         for (text, want) in bad {
             let err = parse_endpoint(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn dns_and_vip_ownership_convert() {
+        let text = "[dns]\nlisten = \"[::1]:5353\"\nzone = \"Svc.Cluster.Local.\"\n\
+                    forward = [\"127.0.0.1\", \"[::1]:5300\"]\n\
+                    [[service]]\nname = \"web\"\nvip = \"10.0.0.5\"\nports = [{ port = 80 }]\n\
+                    endpoints = [\"127.0.0.1\"]\nmanage_vip = true\n";
+        let config = crate::config::from_str(text, Path::new("vipd.toml")).unwrap();
+        let dns = config.dns.unwrap();
+        assert_eq!(dns.listen, "[::1]:5353".parse().unwrap());
+        assert_eq!(dns.zone, "svc.cluster.local");
+        assert_eq!(dns.ttl, Duration::from_secs(5));
+        assert_eq!(
+            dns.forward,
+            vec![
+                "127.0.0.1:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:5300".parse().unwrap()
+            ]
+        );
+        assert!(config.services[0].manage_vip);
+        assert_eq!(config.services[0].vip_interface, "lo");
+    }
+
+    #[test]
+    fn zones_and_interface_names() {
+        assert_eq!(check_zone("a.b").as_deref(), Ok("a.b"));
+        assert_eq!(check_zone("local.").as_deref(), Ok("local"));
+        for bad in ["", ".", "a..b", "-a.b", "a_b.c", "a b"] {
+            assert!(check_zone(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["lo", "eth0", "veth-a.10", "dummy0", &"x".repeat(15)] {
+            assert_eq!(check_interface_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "eth0:1", &"x".repeat(16)] {
+            assert!(check_interface_name(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::support::backend::Behaviour;
 use crate::support::{Backend, GUARD};
 
-const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
+pub(crate) const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
 
 /// A free port on 127.0.0.1 for a child process's config (the kernel picks it; released
 /// just before the child binds it).
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 /// A vipd child process whose stderr lines are collected in the background.
-struct Child_ {
+pub(crate) struct Child_ {
     pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -38,7 +38,7 @@ impl Child_ {
         Self::spawn_program(VIPD, args)
     }
 
-    fn spawn_program(program: &str, args: &[&str]) -> Child_ {
+    pub(crate) fn spawn_program(program: &str, args: &[&str]) -> Child_ {
         let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
@@ -68,7 +68,7 @@ impl Child_ {
     }
 
     /// Blocks until an output line contains `text`.
-    fn wait_for(&mut self, text: &str) {
+    pub(crate) fn wait_for(&mut self, text: &str) {
         let deadline = std::time::Instant::now() + GUARD;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -85,12 +85,12 @@ impl Child_ {
         }
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let pid = Pid::from_raw(self.child.id() as i32).unwrap();
         kill_process(pid, signal).expect("signal vipd");
     }
 
-    fn wait(&mut self) -> ExitStatus {
+    pub(crate) fn wait(&mut self) -> ExitStatus {
         let deadline = std::time::Instant::now() + GUARD;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
