@@ -1116,13 +1116,13 @@ fn parse_endpoint(text: &str) -> Result<EndpointSpec, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(EndpointSpec { ip, port: None });
     }
-    if let Some((host, port)) = text.rsplit_once(':') {
-        if let Ok(ip) = host.parse::<Ipv4Addr>() {
-            return Ok(EndpointSpec {
-                ip: IpAddr::V4(ip),
-                port: Some(parse_port(text, port)?),
-            });
-        }
+    if let Some((host, port)) = text.rsplit_once(':')
+        && let Ok(ip) = host.parse::<Ipv4Addr>()
+    {
+        return Ok(EndpointSpec {
+            ip: IpAddr::V4(ip),
+            port: Some(parse_port(text, port)?),
+        });
     }
     Err(format!("\"{text}\" is not an endpoint address; {forms}"))
 }
