@@ -89,6 +89,11 @@ impl App {
     /// port). Nothing is served until [`App::run`].
     pub async fn bind(config: Config) -> anyhow::Result<App> {
         crate::metrics::install();
+        // Registered up front so dashboards and alerts see 0 rather than no series.
+        ::metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "success")
+            .increment(0);
+        ::metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "failure")
+            .increment(0);
         let admin = match &config.admin {
             Some(admin) => Some(
                 listener::bind_tcp(admin.listen)
@@ -146,6 +151,8 @@ impl App {
         // The admin server outlives the drain so /metrics and /status stay readable meanwhile.
         let admin_stop = CancellationToken::new();
         control.spawn(crate::metrics::run_upkeep(admin_stop.clone()));
+        // The watchdog keeps going through the drain, which may outlast WatchdogSec.
+        control.spawn(crate::notify::run_watchdog(admin_stop.clone()));
         if let Some(admin) = self.admin {
             let source: Arc<dyn StatusSource> = self.state.clone();
             control.spawn(crate::admin::serve(admin, source, admin_stop.clone()));
@@ -174,12 +181,16 @@ impl App {
                 }
             };
             tokio::select! {
-                _ = first_round => tracing::info!(services = state.services().len(), "ready"),
+                _ = first_round => {
+                    tracing::info!(services = state.services().len(), "ready");
+                    crate::notify::ready();
+                }
                 _ = stop_waiting.cancelled() => {}
             }
         });
 
         shutdown.cancelled().await;
+        crate::notify::stopping();
         // Every accept loop watches the same token; once they are done no listener is open.
         accept_loops.close();
         accept_loops.wait().await;

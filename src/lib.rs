@@ -12,6 +12,7 @@
 //! - [`status`]: the `/status` document and the trait the admin server reads it through.
 //! - [`metrics`]: every metric name with its help text, and the Prometheus recorder.
 //! - [`shutdown`]: OS signals turned into cancellation.
+//! - [`notify`]: systemd readiness, reload, stop and watchdog notifications.
 //! - [`app`]: binds everything from a config and runs it until cancelled; used by `main` and tests.
 //! - [`demo`]: the self-contained `vipd demo`.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod service;
 pub mod shutdown;
