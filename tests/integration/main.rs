@@ -6,5 +6,6 @@ mod support;
 mod admin;
 mod cli;
 mod health;
+mod prometheus;
 mod proxy;
 mod shutdown;
