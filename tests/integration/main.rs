@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod deploy;
 mod health;
 mod prometheus;
 mod proxy;
