@@ -17,7 +17,7 @@ fn pool(endpoints: usize) -> PortPool {
             Arc::new(Endpoint::new("bench", SocketAddr::new(ip, 9000)))
         })
         .collect();
-    PortPool::new(endpoints, Arc::new(Picker::new(Balance::RoundRobin)))
+    PortPool::new(80, endpoints, Arc::new(Picker::new(Balance::RoundRobin)))
 }
 
 fn pick(c: &mut Criterion) {

@@ -5,21 +5,31 @@
 //! - `GET /readyz`: 200 `ready` once listeners are bound and the first health round is done,
 //!   else 503 `not ready`
 //! - `GET /status`: 200, pretty-printed JSON view of services and endpoints ([`Status`])
+//! - `POST /endpoints/drain?service=NAME&endpoint=IP:PORT`: the endpoint gets no new
+//!   connections; established ones stay
+//! - `POST /endpoints/undrain?service=NAME&endpoint=IP:PORT`: back into rotation
+//! - `POST /reload`: reload the config file (200 with a summary, 422 with the error)
 //! - anything else: 404 `not found`
 //!
+//! `POST` needs `Authorization: Bearer <token>` with the token of `admin.token_file`: missing or
+//! wrong → 401; no token file configured → 403 for every `POST`. Unknown service or endpoint →
+//! 404; a malformed query → 400.
+//!
 //! `HEAD` is answered like `GET` (hyper sends the headers without the body). Any other method on
-//! one of the paths above gets 405 with `Allow: GET, HEAD`. Query strings are ignored.
+//! one of the `GET` paths above gets 405 with `Allow: GET, HEAD`, and anything but `POST` on a
+//! `POST` path gets 405 with `Allow: POST`.
 //!
 //! [`Status`]: crate::status::Status
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -28,7 +38,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::status::StatusSource;
+use crate::config::Secret;
+use crate::service::ControlError;
+use crate::status::AdminSource;
 
 /// Content type of the Prometheus text exposition format.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -57,9 +69,11 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// once they are all gone.
 pub async fn serve(
     listener: TcpListener,
-    source: Arc<dyn StatusSource>,
+    source: Arc<dyn AdminSource>,
+    token: Option<Secret>,
     shutdown: CancellationToken,
 ) {
+    let token = Arc::new(token);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -81,6 +95,7 @@ pub async fn serve(
                     builder.clone(),
                     stream,
                     source.clone(),
+                    token.clone(),
                     shutdown.clone(),
                 ));
             }
@@ -106,12 +121,14 @@ pub async fn serve(
 async fn serve_connection(
     builder: http1::Builder,
     stream: TcpStream,
-    source: Arc<dyn StatusSource>,
+    source: Arc<dyn AdminSource>,
+    token: Arc<Option<Secret>>,
     shutdown: CancellationToken,
 ) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let response = route(&req, source.as_ref());
-        async move { Ok::<_, Infallible>(response) }
+        let source = source.clone();
+        let token = token.clone();
+        async move { Ok::<_, Infallible>(route(&req, source.as_ref(), token.as_ref().as_ref()).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -138,9 +155,16 @@ async fn serve_connection(
     }
 }
 
-/// Answers one request. Pure apart from reading `source` and the metrics registry.
-fn route<B>(req: &Request<B>, source: &dyn StatusSource) -> Response<Full<Bytes>> {
+/// Answers one request.
+async fn route<B>(
+    req: &Request<B>,
+    source: &dyn AdminSource,
+    token: Option<&Secret>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if matches!(path, "/endpoints/drain" | "/endpoints/undrain" | "/reload") {
+        return control(req, source, token).await;
+    }
     let known = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/status");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -175,6 +199,149 @@ fn route<B>(req: &Request<B>, source: &dyn StatusSource) -> Response<Full<Bytes>
         },
         _ => unreachable!("path was checked against the known list above"),
     }
+}
+
+/// The `POST` endpoints: method, then authorization, then the action.
+async fn control<B>(
+    req: &Request<B>,
+    source: &dyn AdminSource,
+    token: Option<&Secret>,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let Some(token) = token else {
+        return text(
+            StatusCode::FORBIDDEN,
+            "POST endpoints are disabled: set admin.token_file to enable them\n",
+        );
+    };
+    if !authorized(req, token) {
+        let mut response = text(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong Authorization: Bearer token\n",
+        );
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    match req.uri().path() {
+        "/reload" => match source.reload().await {
+            Ok(summary) => response(
+                StatusCode::OK,
+                TEXT_CONTENT_TYPE,
+                format!("reloaded: {summary}\n"),
+            ),
+            Err(error) => response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                TEXT_CONTENT_TYPE,
+                format!("reload failed, the running config stays: {error}\n"),
+            ),
+        },
+        path => {
+            let draining = path == "/endpoints/drain";
+            let (service, endpoint) = match endpoint_query(req.uri().query().unwrap_or("")) {
+                Ok(target) => target,
+                Err(message) => {
+                    return response(StatusCode::BAD_REQUEST, TEXT_CONTENT_TYPE, message);
+                }
+            };
+            match source.set_draining(&service, endpoint, draining).await {
+                Ok(()) => {
+                    let verb = if draining { "draining" } else { "undrained" };
+                    response(
+                        StatusCode::OK,
+                        TEXT_CONTENT_TYPE,
+                        format!("{service} {endpoint}: {verb}\n"),
+                    )
+                }
+                Err(
+                    error
+                    @ (ControlError::UnknownService(_) | ControlError::UnknownEndpoint { .. }),
+                ) => response(
+                    StatusCode::NOT_FOUND,
+                    TEXT_CONTENT_TYPE,
+                    format!("{error}\n"),
+                ),
+                Err(error @ ControlError::Stopping(_)) => response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT_CONTENT_TYPE,
+                    format!("{error}\n"),
+                ),
+            }
+        }
+    }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`. The comparison takes the same
+/// time wherever the first difference is, so the token cannot be guessed byte by byte.
+fn authorized<B>(req: &Request<B>, token: &Secret) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (given, expected) = (given.trim().as_bytes(), token.expose().as_bytes());
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// Reads `service=NAME&endpoint=IP:PORT` (percent-encoding allowed, e.g. for `[::1]:80`).
+fn endpoint_query(query: &str) -> Result<(String, SocketAddr), String> {
+    let mut service = None;
+    let mut endpoint = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)
+            .ok_or_else(|| format!("query parameter {key:?} is not valid percent-encoding\n"))?;
+        match key {
+            "service" => service = Some(value),
+            "endpoint" => endpoint = Some(value),
+            other => return Err(format!("unknown query parameter {other:?}\n")),
+        }
+    }
+    let service = service.ok_or("missing query parameter \"service\"\n")?;
+    let endpoint = endpoint.ok_or("missing query parameter \"endpoint\"\n")?;
+    let endpoint = endpoint
+        .parse()
+        .map_err(|_| format!("endpoint {endpoint:?} is not IP:PORT\n"))?;
+    Ok((service, endpoint))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A plain-text response.
@@ -215,12 +382,31 @@ mod tests {
         status: Status,
     }
 
-    impl StatusSource for TestSource {
+    impl AdminSource for TestSource {
         fn ready(&self) -> bool {
             self.ready.load(Ordering::SeqCst)
         }
         fn status(&self) -> Status {
             self.status.clone()
+        }
+        fn set_draining(
+            &self,
+            service: &str,
+            endpoint: SocketAddr,
+            _draining: bool,
+        ) -> crate::status::BoxFuture<Result<(), ControlError>> {
+            let known = service == "web" && endpoint == "10.0.0.1:8080".parse().unwrap();
+            let service = service.to_owned();
+            Box::pin(async move {
+                if known {
+                    Ok(())
+                } else {
+                    Err(ControlError::UnknownService(service))
+                }
+            })
+        }
+        fn reload(&self) -> crate::status::BoxFuture<Result<String, String>> {
+            Box::pin(async { Ok("no changes".to_owned()) })
         }
     }
 
@@ -233,6 +419,10 @@ mod tests {
 
     impl Server {
         async fn start() -> Self {
+            Self::start_with_token(None).await
+        }
+
+        async fn start_with_token(token: Option<&str>) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let source = Arc::new(TestSource {
@@ -250,6 +440,7 @@ mod tests {
                             address: "10.0.0.1:8080".into(),
                             healthy: true,
                             draining: false,
+                            ejected: false,
                             active_connections: 2,
                             connections_total: 7,
                         }],
@@ -257,7 +448,8 @@ mod tests {
                 },
             });
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(listener, source.clone(), shutdown.clone()));
+            let token = token.map(|t| Secret::new(t.to_owned()));
+            let task = tokio::spawn(serve(listener, source.clone(), token, shutdown.clone()));
             Server {
                 addr,
                 source,
@@ -268,9 +460,15 @@ mod tests {
 
         /// Sends `method path` with `Connection: close` and reads the response to EOF.
         async fn request(&self, method: &str, path: &str) -> Reply {
+            self.request_with(method, path, "").await
+        }
+
+        /// Like `request`, with extra header lines (each ending in CRLF).
+        async fn request_with(&self, method: &str, path: &str, headers: &str) -> Reply {
             let mut stream = TcpStream::connect(self.addr).await.unwrap();
-            let request =
-                format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut raw = Vec::new();
             tokio::time::timeout(GUARD, stream.read_to_end(&mut raw))
@@ -454,5 +652,64 @@ mod tests {
             .expect("EOF within guard")
             .unwrap_or(0);
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn post_endpoints_need_a_configured_token() {
+        let server = Server::start().await;
+        let reply = server
+            .request_with("POST", "/reload", "Authorization: Bearer anything\r\n")
+            .await;
+        assert_eq!(reply.status, 403);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn post_endpoints_check_the_bearer_token() {
+        let server = Server::start_with_token(Some("s3cret")).await;
+        let drain = "/endpoints/drain?service=web&endpoint=10.0.0.1:8080";
+        assert_eq!(server.request("POST", drain).await.status, 401);
+        let wrong = server
+            .request_with("POST", drain, "Authorization: Bearer s3cres\r\n")
+            .await;
+        assert_eq!(wrong.status, 401);
+        assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+        let right = "Authorization: Bearer s3cret\r\n";
+        let ok = server.request_with("POST", drain, right).await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        let unknown = server
+            .request_with(
+                "POST",
+                "/endpoints/undrain?service=nope&endpoint=10.0.0.1:8080",
+                right,
+            )
+            .await;
+        assert_eq!(unknown.status, 404);
+        let encoded = server
+            .request_with(
+                "POST",
+                "/endpoints/drain?service=web&endpoint=10.0.0.1%3A8080",
+                right,
+            )
+            .await;
+        assert_eq!(encoded.status, 200);
+        for bad in [
+            "/endpoints/drain?service=web",
+            "/endpoints/drain?service=web&endpoint=nonsense",
+            "/endpoints/drain?service=web&endpoint=10.0.0.1:8080&x=1",
+            "/endpoints/drain?service=web&endpoint=%zz",
+        ] {
+            let reply = server.request_with("POST", bad, right).await;
+            assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        }
+        let reload = server.request_with("POST", "/reload", right).await;
+        assert_eq!(
+            (reload.status, reload.body.as_str()),
+            (200, "reloaded: no changes\n")
+        );
+        let get = server.request("GET", "/reload").await;
+        assert_eq!(get.status, 405);
+        assert_eq!(get.header("allow"), Some("POST"));
+        server.stop().await;
     }
 }

@@ -1,21 +1,34 @@
-//! Building and running vipd from a validated config.
+//! Building and running vipd from a validated config, and reloading it while it runs.
 //!
 //! [`App::bind`] binds every listener (so tests can bind port 0 and read the real addresses
-//! back) and [`App::run`] serves until a cancellation token fires, then drains.
+//! back) and [`App::run`] serves until a cancellation token fires, then drains. While running,
+//! reload requests (SIGHUP, `POST /reload`, a watched file, or [`AppState::apply`]) are handled
+//! one at a time: load → validate → diff → bind what is new → apply. A reload that fails at any
+//! step before applying changes nothing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
+use arc_swap::ArcSwap;
+use metrics::Counter;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::diff::{self, Changes};
+use crate::config::{self, Config, Secret};
 use crate::proxy::{listener, tcp};
-use crate::service::{ServiceState, owner};
-use crate::status::{Status, StatusSource};
+use crate::service::{ControlError, Inbox, ServiceState, owner};
+use crate::status::{AdminSource, BoxFuture, Status};
+
+/// How often `--watch` looks at the config file.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the app is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,22 +43,56 @@ pub enum Phase {
     Stopped,
 }
 
+/// What a reload reads.
+#[derive(Debug)]
+enum ReloadSource {
+    /// The config file the app was started with.
+    File,
+    /// A config built in code.
+    Config(Box<Config>),
+}
+
+#[derive(Debug)]
+struct ReloadRequest {
+    source: ReloadSource,
+    respond: Option<oneshot::Sender<Result<String, String>>>,
+}
+
+/// Asks a running app to reload its config file (SIGHUP, `--watch`).
+#[derive(Debug, Clone)]
+pub struct ReloadTrigger(mpsc::Sender<ReloadRequest>);
+
+impl ReloadTrigger {
+    /// Requests a reload from the config file without waiting for its outcome (it is logged).
+    pub fn request(&self) {
+        let _ = self.0.try_send(ReloadRequest {
+            source: ReloadSource::File,
+            respond: None,
+        });
+    }
+}
+
 /// Shared view of the running services, for the admin server and tests.
 #[derive(Debug)]
 pub struct AppState {
-    services: Vec<Arc<ServiceState>>,
+    services: ArcSwap<Vec<Arc<ServiceState>>>,
     phase: watch::Sender<Phase>,
+    reloads: mpsc::Sender<ReloadRequest>,
 }
 
 impl AppState {
     /// Every service, in config order.
-    pub fn services(&self) -> &[Arc<ServiceState>] {
-        &self.services
+    pub fn services(&self) -> Arc<Vec<Arc<ServiceState>>> {
+        self.services.load_full()
     }
 
     /// The service called `name`.
-    pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
-        self.services.iter().find(|s| s.name() == name)
+    pub fn service(&self, name: &str) -> Option<Arc<ServiceState>> {
+        self.services
+            .load()
+            .iter()
+            .find(|s| s.name() == name)
+            .cloned()
     }
 
     /// The current phase.
@@ -62,26 +109,89 @@ impl AppState {
     fn enter(&self, phase: Phase) {
         self.phase.send_replace(phase);
     }
+
+    /// Reloads the config file; answers a summary of the changes or why nothing changed.
+    pub async fn reload(&self) -> Result<String, String> {
+        self.request(ReloadSource::File).await
+    }
+
+    /// Applies `config` as a reload would; answers a summary of the changes or the error.
+    pub async fn apply(&self, config: Config) -> Result<String, String> {
+        self.request(ReloadSource::Config(Box::new(config))).await
+    }
+
+    async fn request(&self, source: ReloadSource) -> Result<String, String> {
+        let (respond, answer) = oneshot::channel();
+        let request = ReloadRequest {
+            source,
+            respond: Some(respond),
+        };
+        let stopped = || "vipd is shutting down".to_owned();
+        self.reloads.send(request).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
 }
 
-impl StatusSource for AppState {
+impl AdminSource for AppState {
     fn ready(&self) -> bool {
-        self.phase() == Phase::Serving && self.services.iter().all(|s| s.first_round_done())
+        self.phase() == Phase::Serving && self.services().iter().all(|s| s.first_round_done())
     }
 
     fn status(&self) -> Status {
         Status {
-            services: self.services.iter().map(|s| s.status()).collect(),
+            services: self.services().iter().map(|s| s.status()).collect(),
         }
     }
+
+    fn set_draining(
+        &self,
+        service: &str,
+        endpoint: SocketAddr,
+        draining: bool,
+    ) -> BoxFuture<Result<(), ControlError>> {
+        let found = self.service(service);
+        let name = service.to_owned();
+        Box::pin(async move {
+            let service = found.ok_or(ControlError::UnknownService(name))?;
+            service.set_draining(endpoint, draining).await
+        })
+    }
+
+    fn reload(&self) -> BoxFuture<Result<String, String>> {
+        let reloads = self.reloads.clone();
+        Box::pin(async move {
+            let (respond, answer) = oneshot::channel();
+            let request = ReloadRequest {
+                source: ReloadSource::File,
+                respond: Some(respond),
+            };
+            let stopped = || "vipd is shutting down".to_owned();
+            reloads.send(request).await.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        })
+    }
+}
+
+/// A service bound but not yet running.
+#[derive(Debug)]
+struct PendingService {
+    state: Arc<ServiceState>,
+    inbox: Inbox,
+    listeners: Vec<(SocketAddr, TcpListener)>,
 }
 
 /// A bound, not yet running vipd.
 #[derive(Debug)]
 pub struct App {
     state: Arc<AppState>,
-    listeners: Vec<(Arc<ServiceState>, usize, TcpListener)>,
-    admin: Option<TcpListener>,
+    config: Config,
+    config_path: Option<PathBuf>,
+    watch_file: bool,
+    services: Vec<PendingService>,
+    admin: Option<(TcpListener, Option<Secret>)>,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
+    /// Parent of every service's token: cancelled at shutdown.
+    root: CancellationToken,
 }
 
 impl App {
@@ -89,123 +199,416 @@ impl App {
     /// port). Nothing is served until [`App::run`].
     pub async fn bind(config: Config) -> anyhow::Result<App> {
         crate::metrics::install();
-        // Registered up front so dashboards and alerts see 0 rather than no series.
-        ::metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "success")
-            .increment(0);
-        ::metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "failure")
-            .increment(0);
         let admin = match &config.admin {
-            Some(admin) => Some(
+            Some(admin) => Some((
                 listener::bind_tcp(admin.listen)
                     .with_context(|| format!("admin: cannot listen on {}", admin.listen))?,
-            ),
+                admin.token.clone(),
+            )),
             None => None,
         };
+        let root = CancellationToken::new();
         let mut services = Vec::new();
-        let mut listeners = Vec::new();
-        for service_config in config.services {
-            let service = ServiceState::new(service_config);
-            let mut bound = Vec::new();
-            for (index, port) in service.config.ports.iter().enumerate() {
-                let addr = SocketAddr::new(service.config.vip, port.port);
-                let socket = listener::bind_tcp(addr).with_context(|| {
-                    format!("service \"{}\": cannot listen on {addr}", service.name())
-                })?;
-                bound.push(socket.local_addr()?);
-                listeners.push((Arc::clone(&service), index, socket));
-            }
-            service.set_bound(bound);
-            services.push(service);
+        for service_config in &config.services {
+            let listeners = bind_service(service_config)?;
+            let (state, inbox) = ServiceState::new(service_config.clone(), &root);
+            state.set_bound(listeners.iter().map(|(_, l)| local_addr(l)).collect());
+            services.push(PendingService {
+                state,
+                inbox,
+                listeners,
+            });
         }
+        let (reloads, reload_requests) = mpsc::channel(8);
+        let state = Arc::new(AppState {
+            services: ArcSwap::from_pointee(services.iter().map(|s| s.state.clone()).collect()),
+            phase: watch::Sender::new(Phase::Bound),
+            reloads,
+        });
         Ok(App {
-            state: Arc::new(AppState {
-                services,
-                phase: watch::Sender::new(Phase::Bound),
-            }),
-            listeners,
+            state,
+            config,
+            config_path: None,
+            watch_file: false,
+            services,
             admin,
+            reload_requests,
+            root,
         })
     }
 
-    /// Shared state (status, services) of this app.
+    /// Sets the file reloads read; with `watch`, a change of the file triggers a reload.
+    pub fn with_config_file(mut self, path: PathBuf, watch: bool) -> App {
+        self.config_path = Some(path);
+        self.watch_file = watch;
+        self
+    }
+
+    /// Shared state (status, services, reload) of this app.
     pub fn state(&self) -> Arc<AppState> {
         Arc::clone(&self.state)
     }
 
+    /// A handle that requests reloads from the config file (for SIGHUP).
+    pub fn reload_trigger(&self) -> ReloadTrigger {
+        ReloadTrigger(self.state.reloads.clone())
+    }
+
     /// The bound addresses of service `name`, one per port in config order.
     pub fn service_addrs(&self, name: &str) -> Option<Vec<SocketAddr>> {
-        self.state.service(name).map(|s| s.bound().to_vec())
+        self.state.service(name).map(|s| s.bound())
     }
 
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` is cancelled; then closes listeners at once, lets established
-    /// connections finish within their service's `drain_timeout`, and returns.
+    /// connections finish within their `drain_timeout`, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let connections = TaskTracker::new();
-        let accept_loops = TaskTracker::new();
+        let App {
+            state,
+            config,
+            config_path,
+            watch_file,
+            services,
+            admin,
+            mut reload_requests,
+            root,
+        } = self;
         let control = TaskTracker::new();
         // The admin server outlives the drain so /metrics and /status stay readable meanwhile.
         let admin_stop = CancellationToken::new();
         control.spawn(crate::metrics::run_upkeep(admin_stop.clone()));
         // The watchdog keeps going through the drain, which may outlast WatchdogSec.
         control.spawn(crate::notify::run_watchdog(admin_stop.clone()));
-        if let Some(admin) = self.admin {
-            let source: Arc<dyn StatusSource> = self.state.clone();
-            control.spawn(crate::admin::serve(admin, source, admin_stop.clone()));
-        }
-        for service in self.state.services() {
-            control.spawn(owner::run(Arc::clone(service), shutdown.clone()));
-        }
-        for (service, port_index, socket) in self.listeners {
-            let addr = socket.local_addr()?;
-            tracing::info!(service = service.name(), %addr, "listening");
-            accept_loops.spawn(tcp::serve(
-                socket,
-                service,
-                port_index,
-                shutdown.clone(),
-                connections.clone(),
+        if let Some((admin, token)) = admin {
+            let source: Arc<dyn AdminSource> = state.clone();
+            control.spawn(crate::admin::serve(
+                admin,
+                source,
+                token,
+                admin_stop.clone(),
             ));
         }
-        self.state.enter(Phase::Serving);
-        let state = Arc::clone(&self.state);
-        let stop_waiting = shutdown.clone();
-        control.spawn(async move {
-            let first_round = async {
-                for service in state.services() {
-                    service.wait_first_round().await;
-                }
-            };
-            tokio::select! {
-                _ = first_round => {
-                    tracing::info!(services = state.services().len(), "ready");
-                    crate::notify::ready();
-                }
-                _ = stop_waiting.cancelled() => {}
-            }
-        });
+        let mut running = Running {
+            state: Arc::clone(&state),
+            config,
+            config_path,
+            root,
+            listeners: HashMap::new(),
+            accept_loops: TaskTracker::new(),
+            connections: TaskTracker::new(),
+            control: control.clone(),
+            reload_results: reload_counters(),
+        };
+        for service in services {
+            running.start_service(service);
+        }
+        state.enter(Phase::Serving);
+        control.spawn(announce_ready(Arc::clone(&state), shutdown.clone()));
+        if watch_file && let Some(path) = running.config_path.clone() {
+            let trigger = ReloadTrigger(state.reloads.clone());
+            control.spawn(watch_config_file(path, trigger, shutdown.clone()));
+        }
 
-        shutdown.cancelled().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(request) = reload_requests.recv() => {
+                    let outcome = running.reload(request.source).await.map_err(|e| format!("{e:#}"));
+                    if let Some(respond) = request.respond {
+                        let _ = respond.send(outcome);
+                    }
+                }
+            }
+        }
+        drop(reload_requests);
         crate::notify::stopping();
-        // Every accept loop watches the same token; once they are done no listener is open.
-        accept_loops.close();
-        accept_loops.wait().await;
-        self.state.enter(Phase::Draining);
-        connections.close();
+
+        running.root.cancel();
+        // Every accept loop watches the root token; once they are done no listener is open.
+        running.accept_loops.close();
+        running.accept_loops.wait().await;
+        state.enter(Phase::Draining);
+        running.connections.close();
         tracing::info!(
-            connections = connections.len(),
+            connections = running.connections.len(),
             "listeners closed; draining established connections"
         );
-        connections.wait().await;
-        self.state.enter(Phase::Stopped);
+        running.connections.wait().await;
+        state.enter(Phase::Stopped);
         tracing::info!("all connections closed; stopping");
         admin_stop.cancel();
         control.close();
         control.wait().await;
         Ok(())
+    }
+}
+
+/// One open listener of a running service.
+#[derive(Debug)]
+struct OpenListener {
+    bound: SocketAddr,
+    stop: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+/// The mutable side of a running app: only the run loop touches it.
+struct Running {
+    state: Arc<AppState>,
+    config: Config,
+    config_path: Option<PathBuf>,
+    root: CancellationToken,
+    /// Keyed by service name and configured listen address.
+    listeners: HashMap<(String, SocketAddr), OpenListener>,
+    accept_loops: TaskTracker,
+    connections: TaskTracker,
+    control: TaskTracker,
+    /// `vipd_config_reloads_total{result}`: success, failure.
+    reload_results: [Counter; 2],
+}
+
+impl Running {
+    fn start_service(&mut self, service: PendingService) {
+        let PendingService {
+            state,
+            inbox,
+            listeners,
+        } = service;
+        self.control.spawn(owner::run(Arc::clone(&state), inbox));
+        for (configured, listener) in listeners {
+            self.open_listener(&state, configured, listener);
+        }
+    }
+
+    fn open_listener(
+        &mut self,
+        service: &Arc<ServiceState>,
+        configured: SocketAddr,
+        socket: TcpListener,
+    ) {
+        let bound = local_addr(&socket);
+        tracing::info!(service = service.name(), addr = %bound, "listening");
+        let stop = service.retired().child_token();
+        let done = self.accept_loops.spawn(tcp::serve(
+            socket,
+            Arc::clone(service),
+            configured.port(),
+            stop.clone(),
+            self.connections.clone(),
+        ));
+        self.listeners.insert(
+            (service.name().to_owned(), configured),
+            OpenListener { bound, stop, done },
+        );
+    }
+
+    async fn close_listener(&mut self, service: &str, configured: SocketAddr) {
+        if let Some(open) = self.listeners.remove(&(service.to_owned(), configured)) {
+            open.stop.cancel();
+            let _ = open.done.await;
+            tracing::info!(service, addr = %open.bound, "stopped listening");
+        }
+    }
+
+    async fn reload(&mut self, source: ReloadSource) -> anyhow::Result<String> {
+        crate::notify::reloading();
+        let result = self.try_reload(source).await;
+        // Applied or rejected, the service is serving again (a rejected file keeps the old config).
+        crate::notify::ready();
+        match &result {
+            Ok(summary) => {
+                self.reload_results[0].increment(1);
+                tracing::info!(changes = %summary, "config reloaded");
+            }
+            Err(error) => {
+                self.reload_results[1].increment(1);
+                tracing::error!("config reload failed; the running config stays: {error:#}");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&mut self, source: ReloadSource) -> anyhow::Result<String> {
+        let new = match source {
+            ReloadSource::Config(config) => *config,
+            ReloadSource::File => {
+                let path = self
+                    .config_path
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("no config file to reload from"))?;
+                config::load(path)?
+            }
+        };
+        let changes = diff::diff(&self.config, &new);
+        for setting in &changes.needs_restart {
+            tracing::warn!(
+                setting,
+                "changed in the config file; applies only after a restart"
+            );
+        }
+
+        // Free addresses that move to another service in this reload, then bind everything new
+        // before touching what runs, so a bind failure leaves the running config in place.
+        let to_open = addresses_to_open(&changes, &new);
+        let moving: Vec<(String, SocketAddr)> = self
+            .listeners
+            .keys()
+            .filter(|(name, addr)| {
+                // Port 0 means "any free port": it never collides.
+                addr.port() != 0
+                    && to_open.iter().any(|(n, a)| a == addr && n != name)
+                    && !to_open.contains(&(name.clone(), *addr))
+            })
+            .cloned()
+            .collect();
+        for (name, addr) in moving {
+            self.close_listener(&name, addr).await;
+        }
+        let mut bound: HashMap<(String, SocketAddr), TcpListener> = HashMap::new();
+        for (name, addr) in &to_open {
+            let socket = bind(name, *addr, new_service(&new, name).manage_vip)?;
+            bound.insert((name.clone(), *addr), socket);
+        }
+
+        for name in &changes.removed {
+            if let Some(service) = self.state.service(name) {
+                service.retire();
+            }
+            let addrs: Vec<SocketAddr> = self
+                .listeners
+                .keys()
+                .filter(|(n, _)| n == name)
+                .map(|(_, a)| *a)
+                .collect();
+            for addr in addrs {
+                self.close_listener(name, addr).await;
+            }
+            tracing::info!(service = %name, "service removed; its connections drain");
+        }
+        let mut services = Vec::with_capacity(new.services.len());
+        for service_config in &new.services {
+            let name = &service_config.name;
+            let state = if changes.added.contains(name) {
+                let (state, inbox) = ServiceState::new(service_config.clone(), &self.root);
+                self.control.spawn(owner::run(Arc::clone(&state), inbox));
+                tracing::info!(service = %name, "service added");
+                state
+            } else {
+                let state = self
+                    .state
+                    .service(name)
+                    .ok_or_else(|| anyhow!("service {name:?} is not running"))?;
+                if let Some(change) = changes.changed.iter().find(|c| &c.name == name) {
+                    for addr in &change.listen_removed {
+                        self.close_listener(name, *addr).await;
+                    }
+                    state.reconfigure(service_config.clone()).await?;
+                }
+                state
+            };
+            for addr in diff::listen_addrs(service_config) {
+                if let Some(socket) = bound.remove(&(name.clone(), addr)) {
+                    self.open_listener(&state, addr, socket);
+                }
+            }
+            state.set_bound(
+                diff::listen_addrs(service_config)
+                    .iter()
+                    .filter_map(|a| self.listeners.get(&(name.clone(), *a)).map(|l| l.bound))
+                    .collect(),
+            );
+            services.push(state);
+        }
+        self.state.services.store(Arc::new(services));
+        self.config = new;
+        Ok(changes.summary())
+    }
+}
+
+/// `(service, listen address)` pairs a reload must bind.
+fn addresses_to_open(changes: &Changes, new: &Config) -> Vec<(String, SocketAddr)> {
+    let mut open = Vec::new();
+    for name in &changes.added {
+        for addr in diff::listen_addrs(new_service(new, name)) {
+            open.push((name.clone(), addr));
+        }
+    }
+    for change in &changes.changed {
+        for addr in &change.listen_added {
+            open.push((change.name.clone(), *addr));
+        }
+    }
+    open
+}
+
+fn new_service<'a>(config: &'a Config, name: &str) -> &'a config::Service {
+    config
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .expect("diff names services of the new config")
+}
+
+/// Binds every listener of `service`, keyed by configured address.
+fn bind_service(service: &config::Service) -> anyhow::Result<Vec<(SocketAddr, TcpListener)>> {
+    diff::listen_addrs(service)
+        .into_iter()
+        .map(|addr| Ok((addr, bind(&service.name, addr, service.manage_vip)?)))
+        .collect()
+}
+
+fn bind(service: &str, addr: SocketAddr, _manage_vip: bool) -> anyhow::Result<TcpListener> {
+    listener::bind_tcp(addr)
+        .with_context(|| format!("service \"{service}\": cannot listen on {addr}"))
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound listener has a local address")
+}
+
+fn reload_counters() -> [Counter; 2] {
+    [
+        metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "success"),
+        metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => "failure"),
+    ]
+}
+
+/// Logs "ready" once every service finished its first health round.
+async fn announce_ready(state: Arc<AppState>, shutdown: CancellationToken) {
+    let first_round = async {
+        for service in state.services().iter() {
+            service.wait_first_round().await;
+        }
+    };
+    tokio::select! {
+        _ = first_round => {
+            tracing::info!(services = state.services().len(), "ready");
+            crate::notify::ready();
+        }
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Requests a reload whenever the file's content changes (`--watch`). Reading the whole file
+/// is cheap for a config and catches editors that replace the file instead of writing it.
+async fn watch_config_file(path: PathBuf, trigger: ReloadTrigger, shutdown: CancellationToken) {
+    let mut last = tokio::fs::read(&path).await.ok();
+    let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = tokio::fs::read(&path).await.ok();
+        if now.is_some() && now != last {
+            tracing::info!(path = %path.display(), "config file changed");
+            trigger.request();
+            last = now;
+        }
     }
 }

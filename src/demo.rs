@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +23,7 @@ use crate::config::{
     Runtime, Service, ServicePort,
 };
 use crate::proxy::listener::bind_tcp;
+use crate::service::Change;
 
 /// The demo service's name.
 const SERVICE: &str = "demo";
@@ -125,7 +125,7 @@ pub async fn run(ports: Ports, shutdown: CancellationToken) -> anyhow::Result<()
     );
 
     // Narrate what vipd did after each flip.
-    let service = Arc::clone(state.service(SERVICE).expect("demo service"));
+    let service = state.service(SERVICE).expect("demo service");
     let mut events = service.subscribe();
     let narrate = shutdown.clone();
     tokio::spawn(async move {
@@ -135,15 +135,15 @@ pub async fn run(ports: Ports, shutdown: CancellationToken) -> anyhow::Result<()
                 event = events.recv() => event,
             };
             let Ok(event) = event else { continue };
-            let now: Vec<String> = event
-                .healthy_endpoints
-                .iter()
-                .map(ToString::to_string)
-                .collect();
+            let what = match event.change {
+                Change::Up => "back",
+                Change::Down => "out",
+                _ => continue,
+            };
+            let now: Vec<String> = event.in_rotation.iter().map(ToString::to_string).collect();
             tracing::info!(
-                "demo: {} is {}; new connections now go to {}",
+                "demo: {} is {what}; new connections now go to {}",
                 event.endpoint,
-                if event.healthy { "back" } else { "out" },
                 now.join(", ")
             );
         }

@@ -23,6 +23,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod metrics;
 pub mod notify;

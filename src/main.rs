@@ -28,6 +28,9 @@ enum Command {
         /// The config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Reload when the config file changes (SIGHUP and `POST /reload` always work).
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -70,14 +73,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, log } => {
+        Command::Run {
+            config: path,
+            watch,
+            log,
+        } => {
             init_logging(log.log_format);
-            let config = match load(&config) {
+            let config = match load(&path) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
             let workers = config.runtime.workers;
-            finish(runtime(workers).and_then(|rt| rt.block_on(run(config))))
+            finish(runtime(workers).and_then(|rt| rt.block_on(run(config, path, watch))))
         }
         Command::Demo {
             port,
@@ -125,10 +132,13 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, path: PathBuf, watch: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     vipd::shutdown::watch(shutdown.clone())?;
-    let app = vipd::app::App::bind(config).await?;
+    let app = vipd::app::App::bind(config)
+        .await?
+        .with_config_file(path, watch);
+    vipd::shutdown::reload_on_hangup(app.reload_trigger(), shutdown.clone())?;
     app.run(shutdown).await
 }
 

@@ -1,5 +1,5 @@
-//! OS signals turned into cancellation: the first SIGTERM or SIGINT cancels the shutdown token
-//! (stop accepting, drain); a second one exits the process at once.
+//! OS signals: the first SIGTERM or SIGINT cancels the shutdown token
+//! (stop accepting, drain); a second one exits the process at once. SIGHUP requests a reload.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,28 @@ pub fn watch(token: CancellationToken) -> std::io::Result<()> {
             } else {
                 tracing::warn!(signal = name, "second signal: exiting now");
                 std::process::exit(code);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Requests a config reload on every SIGHUP (the conventional "re-read your config" signal).
+///
+/// Must be called inside a tokio runtime. Fails only if the signal handler cannot be installed.
+pub fn reload_on_hangup(
+    trigger: crate::app::ReloadTrigger,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reloading the config file");
+                    trigger.request();
+                }
             }
         }
     });

@@ -1,7 +1,16 @@
-//! The `/status` document and the [`StatusSource`] trait the admin server reads it through, so
-//! the admin server does not depend on how services are run.
+//! The `/status` document and the [`AdminSource`] trait the admin server works through, so the
+//! admin server does not depend on how services are run.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 
 use serde::Serialize;
+
+use crate::service::ControlError;
+
+/// A boxed future, for the async methods of [`AdminSource`].
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The whole `/status` document.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -43,6 +52,8 @@ pub struct EndpointStatus {
     pub healthy: bool,
     /// Draining: gets no new connections, established ones run on.
     pub draining: bool,
+    /// Ejected by outlier detection for a while.
+    pub ejected: bool,
     /// Connections currently open to it.
     pub active_connections: u64,
     /// Connections established to it since start.
@@ -50,9 +61,18 @@ pub struct EndpointStatus {
 }
 
 /// What the admin server needs from the running proxy.
-pub trait StatusSource: Send + Sync + 'static {
+pub trait AdminSource: Send + Sync + 'static {
     /// True once every listener is bound and every service finished its first health round.
     fn ready(&self) -> bool;
     /// A consistent-enough view of every service right now.
     fn status(&self) -> Status;
+    /// Drains (`true`) or undrains an endpoint of a service.
+    fn set_draining(
+        &self,
+        service: &str,
+        endpoint: SocketAddr,
+        draining: bool,
+    ) -> BoxFuture<Result<(), ControlError>>;
+    /// Reloads the config file; a summary of the changes, or why nothing changed.
+    fn reload(&self) -> BoxFuture<Result<String, String>>;
 }

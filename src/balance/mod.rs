@@ -24,6 +24,13 @@ impl Picker {
         }
     }
 
+    /// The policy this picker implements.
+    pub fn policy(&self) -> Balance {
+        match self {
+            Picker::RoundRobin(_) => Balance::RoundRobin,
+        }
+    }
+
     /// Index in `0..candidates` of the first endpoint to try; `candidates` must be non-zero.
     pub fn first(&self, candidates: usize) -> usize {
         match self {

@@ -3,6 +3,7 @@
 //!
 //! The key names of the file are a user-facing contract; see `config/README.md`.
 
+pub mod diff;
 mod error;
 mod raw;
 mod validate;

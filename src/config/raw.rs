@@ -45,6 +45,8 @@ pub struct RawRuntime {
 pub struct RawAdmin {
     /// `IP:PORT`; a string so a bad address is a semantic error naming the key.
     pub listen: String,
+    /// File holding the bearer token of the `POST` endpoints (relative to the config file).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// `[defaults]`. (A service repeats these keys itself rather than flattening this struct,
@@ -92,6 +94,21 @@ pub struct RawService {
     pub max_connect_attempts: Option<u32>,
     /// `[service.health]`.
     pub health: Option<RawHealth>,
+    /// `[service.outlier]`.
+    pub outlier: Option<RawOutlier>,
+}
+
+/// `[service.outlier]`: passive ejection after consecutive connect failures.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Consecutive connect failures that eject an endpoint (default 5).
+    pub consecutive_failures: Option<u32>,
+    /// First ejection's length (default 30s).
+    #[serde(default, deserialize_with = "duration")]
+    pub base_ejection_time: Option<Duration>,
+    /// Share of endpoints that may be ejected at once, percent (default 50).
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// One entry of `ports`.

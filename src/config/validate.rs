@@ -14,19 +14,19 @@ use std::time::Duration;
 
 use super::error::{Problem, ProblemScope};
 use super::raw::{
-    RawAdmin, RawBalance, RawCheck, RawConfig, RawConnection, RawHealth, RawPort, RawProtocol,
-    RawRuntime, RawService,
+    RawAdmin, RawBalance, RawCheck, RawConfig, RawConnection, RawHealth, RawOutlier, RawPort,
+    RawProtocol, RawRuntime, RawService,
 };
 use super::{
     Admin, Balance, Config, ConfigError, ConnectionSettings, EndpointSpec, Health, HealthCheck,
-    Protocol, Runtime, Service, ServicePort,
+    Outlier, Protocol, Runtime, Secret, Service, ServicePort,
 };
 
 /// Validates a parsed file; `path` only names the file in errors.
 pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let mut v = Validator::default();
     let runtime = v.runtime(&raw.runtime);
-    let admin = raw.admin.as_ref().and_then(|a| v.admin(a));
+    let admin = raw.admin.as_ref().and_then(|a| v.admin(a, path));
     let defaults = v.defaults(&raw.defaults);
 
     let mut services = Vec::with_capacity(raw.services.len());
@@ -112,17 +112,18 @@ impl Validator {
         }
     }
 
-    fn admin(&mut self, raw: &RawAdmin) -> Option<Admin> {
+    fn admin(&mut self, raw: &RawAdmin, config_path: &Path) -> Option<Admin> {
         let scope = ProblemScope::Global;
+        let token = raw
+            .token_file
+            .as_ref()
+            .and_then(|file| self.token(file, config_path));
         match raw.listen.parse::<SocketAddr>() {
             Ok(listen) if listen.port() == 0 => {
                 self.push(&scope, "admin.listen", "port 0 is out of range 1-65535");
                 None
             }
-            Ok(listen) => Some(Admin {
-                listen,
-                token: None,
-            }),
+            Ok(listen) => Some(Admin { listen, token }),
             Err(_) => {
                 self.push(
                     &scope,
@@ -131,6 +132,47 @@ impl Validator {
                         "\"{}\" is not an IP:PORT address (e.g. \"127.0.0.1:9901\" or \"[::1]:9901\")",
                         raw.listen
                     ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads `admin.token_file` (relative paths start at the config file's directory).
+    fn token(&mut self, file: &Path, config_path: &Path) -> Option<Secret> {
+        let scope = ProblemScope::Global;
+        let full = match config_path.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_path_buf(),
+        };
+        match std::fs::read_to_string(&full) {
+            Ok(text) if text.trim().is_empty() => {
+                self.push(
+                    &scope,
+                    "admin.token_file",
+                    format!("{} is empty", full.display()),
+                );
+                None
+            }
+            Ok(text)
+                if text
+                    .trim()
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                self.push(
+                    &scope,
+                    "admin.token_file",
+                    format!("{}: the token must be one word", full.display()),
+                );
+                None
+            }
+            Ok(text) => Some(Secret::new(text.trim().to_owned())),
+            Err(error) => {
+                self.push(
+                    &scope,
+                    "admin.token_file",
+                    format!("cannot read {}: {error}", full.display()),
                 );
                 None
             }
@@ -279,6 +321,7 @@ impl Validator {
         };
         let connection = self.connection(&scope, "", &overrides, defaults);
         let health = self.health(&scope, raw.health.as_ref());
+        let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
 
         Service {
             name: raw.name.clone(),
@@ -292,7 +335,7 @@ impl Validator {
             health,
             connection,
             discovery: None,
-            outlier: None,
+            outlier,
             manage_vip: false,
             vip_interface: "lo".to_owned(),
         }
@@ -493,6 +536,33 @@ impl Validator {
                 protocol: p.protocol,
                 owner: format!("{scope} ports[{i}]"),
             });
+        }
+    }
+
+    fn outlier(&mut self, scope: &ProblemScope, raw: &RawOutlier) -> Outlier {
+        let consecutive_failures = match raw.consecutive_failures {
+            None => NonZeroU32::new(5).expect("non-zero"),
+            Some(n) => NonZeroU32::new(n).unwrap_or_else(|| {
+                self.push(scope, "outlier.consecutive_failures", "must be at least 1");
+                NonZeroU32::MIN
+            }),
+        };
+        let base_ejection_time = raw.base_ejection_time.unwrap_or(Duration::from_secs(30));
+        if base_ejection_time.is_zero() {
+            self.push(scope, "outlier.base_ejection_time", "must be longer than 0");
+        }
+        let max_ejection_percent = raw.max_ejection_percent.unwrap_or(50);
+        if max_ejection_percent > 100 {
+            self.push(
+                scope,
+                "outlier.max_ejection_percent",
+                format!("{max_ejection_percent} is more than 100"),
+            );
+        }
+        Outlier {
+            consecutive_failures,
+            base_ejection_time,
+            max_ejection_percent: max_ejection_percent.min(100) as u8,
         }
     }
 

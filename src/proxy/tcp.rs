@@ -12,36 +12,35 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::copy::{self, ByteCounters, CopyEnd};
-use crate::service::{Endpoint, ServiceState};
+use crate::service::{Endpoint, ServiceState, Snapshot};
 
 /// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest back-off between accept attempts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Accepts connections for port `port_index` of `service` until `shutdown` is cancelled, then
-/// drops the listener so new connections are refused at once. Connection tasks are spawned on
-/// `tracker` and finish on their own or at their service's drain deadline.
+/// Accepts connections for the service port configured as `port` until `stop` is cancelled,
+/// then drops the listener so new connections are refused at once. Connection tasks are spawned
+/// on `tracker` and finish on their own or at their drain deadline.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<ServiceState>,
-    port_index: usize,
-    shutdown: CancellationToken,
+    port: u16,
+    stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 let service = Arc::clone(&service);
-                let shutdown = shutdown.clone();
                 tracker.spawn(async move {
-                    handle(client, peer, &service, port_index, &shutdown).await;
+                    handle(client, peer, &service, port).await;
                 });
             }
             Err(error) => {
@@ -55,7 +54,7 @@ pub async fn serve(
                 // connections to close, growing the pause while the condition lasts.
                 tracing::warn!(service = service.name(), %error, pause = ?backoff, "accept failed; pausing");
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
                     _ = sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
@@ -77,28 +76,28 @@ fn is_transient_for_peer(error: &io::Error) -> bool {
 }
 
 /// Serves one client connection from start to end.
-async fn handle(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    service: &ServiceState,
-    port_index: usize,
-    shutdown: &CancellationToken,
-) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, service: &ServiceState, port: u16) {
     // Small writes should not wait on Nagle: the client's own stack already decided when to send.
     let _ = client.set_nodelay(true);
-    let Some((endpoint, mut upstream)) = connect(service, port_index).await else {
+    let snapshot = service.snapshot();
+    let Some((endpoint, mut upstream)) = connect(service, &snapshot, port).await else {
         service.metrics.connections_failed.increment(1);
         tracing::debug!(service = service.name(), %peer, "no endpoint reachable; closing client connection");
         return;
     };
     let _active = endpoint.connection_opened();
-    let settings = &service.config.connection;
+    let settings = &snapshot.config.connection;
     let counters = ByteCounters {
         inbound: &endpoint.metrics.bytes_in,
         outbound: &endpoint.metrics.bytes_out,
     };
+    // The connection drains when its service stops (shutdown or reload) or its endpoint leaves
+    // the service: it may run on for `drain_timeout`, then it is closed.
     let drain_deadline = async {
-        shutdown.cancelled().await;
+        tokio::select! {
+            _ = service.retired().cancelled() => {}
+            _ = endpoint.removed() => {}
+        }
         sleep(settings.drain_timeout).await;
     };
     tokio::select! {
@@ -117,9 +116,13 @@ async fn handle(
 
 /// Picks and connects to an endpoint of the port, trying up to `max_connect_attempts` distinct
 /// endpoints in picker order. Returns `None` when every attempt failed.
-async fn connect(service: &ServiceState, port_index: usize) -> Option<(Arc<Endpoint>, TcpStream)> {
-    let snapshot = service.snapshot();
-    let pool = &snapshot.ports[port_index];
+async fn connect(
+    service: &ServiceState,
+    snapshot: &Snapshot,
+    port: u16,
+) -> Option<(Arc<Endpoint>, TcpStream)> {
+    // The port can be gone when a reload removed it after this connection was accepted.
+    let pool = snapshot.pool(port)?;
     let (candidates, failed_open) = pool.candidates();
     if candidates.is_empty() {
         return None;
@@ -127,7 +130,7 @@ async fn connect(service: &ServiceState, port_index: usize) -> Option<(Arc<Endpo
     if failed_open {
         service.metrics.no_healthy_endpoints.increment(1);
     }
-    let settings = &service.config.connection;
+    let settings = &snapshot.config.connection;
     let first = pool.picker.first(candidates.len());
     let attempts = (settings.max_connect_attempts.get() as usize).min(candidates.len());
     for offset in 0..attempts {
@@ -135,6 +138,7 @@ async fn connect(service: &ServiceState, port_index: usize) -> Option<(Arc<Endpo
         let started = Instant::now();
         match timeout(settings.connect_timeout, connect_once(endpoint.addr())).await {
             Ok(Ok(stream)) => {
+                endpoint.record_connect_success();
                 service
                     .metrics
                     .connect_duration
@@ -142,16 +146,27 @@ async fn connect(service: &ServiceState, port_index: usize) -> Option<(Arc<Endpo
                 return Some((Arc::clone(endpoint), stream));
             }
             Ok(Err(error)) => {
-                endpoint.metrics.connect_failures.increment(1);
+                report_failure(service, snapshot, endpoint);
                 tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "connect failed; trying the next endpoint");
             }
             Err(_) => {
-                endpoint.metrics.connect_failures.increment(1);
+                report_failure(service, snapshot, endpoint);
                 tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), timeout = ?settings.connect_timeout, "connect timed out; trying the next endpoint");
             }
         }
     }
     None
+}
+
+/// Counts a failed connect; tells the owner task when outlier detection may want to eject.
+fn report_failure(service: &ServiceState, snapshot: &Snapshot, endpoint: &Endpoint) {
+    let failures = endpoint.record_connect_failure();
+    if let Some(outlier) = &snapshot.config.outlier
+        && failures >= outlier.consecutive_failures.get()
+        && !endpoint.is_ejected()
+    {
+        service.report_connect_failures(endpoint.addr());
+    }
 }
 
 /// One TCP connect with the socket options every upstream connection gets.

@@ -2,9 +2,10 @@
 //! (atomics) and its metric handles (created once, here, never per connection).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use metrics::{Counter, Gauge};
+use tokio::sync::{Notify, watch};
 
 use crate::metrics as names;
 
@@ -27,6 +28,8 @@ pub struct EndpointMetrics {
     pub checks_succeeded: Counter,
     /// `vipd_health_checks_total{result="failure"}`.
     pub checks_failed: Counter,
+    /// `vipd_outlier_ejections_total`.
+    pub ejections: Counter,
 }
 
 impl EndpointMetrics {
@@ -56,18 +59,31 @@ impl EndpointMetrics {
                 names::HEALTH_CHECKS_TOTAL,
                 &with("result", "failure")
             ),
+            ejections: metrics::counter!(names::OUTLIER_EJECTIONS_TOTAL, &base),
         }
     }
 }
 
 /// One endpoint address with its health flag and live counters.
+///
+/// Flags are written only by the service's owner task (which then publishes a new snapshot);
+/// counters are written by the data plane.
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
     healthy: AtomicBool,
+    /// Drained by an operator, or removed from the service and waiting for its connections.
     draining: AtomicBool,
+    /// Ejected by outlier detection.
+    ejected: AtomicBool,
+    /// True once the endpoint left the service: established connections get `drain_timeout`.
+    removed: watch::Sender<bool>,
     active: AtomicU64,
     total: AtomicU64,
+    /// Connect failures in a row, reset by a successful connect.
+    consecutive_failures: AtomicU32,
+    /// Woken when the last active connection closes.
+    idle: Notify,
     /// Metric handles, labelled `{service, endpoint}`.
     pub metrics: EndpointMetrics,
 }
@@ -81,8 +97,12 @@ impl Endpoint {
             addr,
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
+            ejected: AtomicBool::new(false),
+            removed: watch::Sender::new(false),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            idle: Notify::new(),
             metrics,
         }
     }
@@ -106,6 +126,74 @@ impl Endpoint {
     /// Draining endpoints get no new connections.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Sets the draining flag (owner task only).
+    pub(crate) fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Ejected endpoints get no new connections until their ejection ends.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Sets the ejected flag (owner task only).
+    pub(crate) fn set_ejected(&self, ejected: bool) {
+        self.ejected.store(ejected, Ordering::Relaxed);
+    }
+
+    /// Whether new connections may go here when the service has healthy endpoints.
+    pub fn in_rotation(&self) -> bool {
+        self.is_healthy() && !self.is_draining() && !self.is_ejected()
+    }
+
+    /// Marks the endpoint as gone from its service (owner task only): established connections
+    /// start their drain deadline.
+    pub(crate) fn set_removed(&self, removed: bool) {
+        self.removed.send_replace(removed);
+        self.set_draining(removed);
+    }
+
+    /// Completes once the endpoint has been removed from its service.
+    pub async fn removed(&self) {
+        let mut removed = self.removed.subscribe();
+        let _ = removed.wait_for(|r| *r).await;
+    }
+
+    /// Waits until no connection is open to this endpoint.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active_connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records a failed connect; returns the number of failures in a row.
+    pub fn record_connect_failure(&self) -> u32 {
+        self.metrics.connect_failures.increment(1);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connect failures in a row so far.
+    pub fn consecutive_connect_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Records a successful connect, ending any run of failures.
+    pub fn record_connect_success(&self) {
+        // Load first: a store on every connection would bounce the cache line between cores.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the current run of connect failures (after an ejection ends).
+    pub(crate) fn reset_connect_failures(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
     }
 
     /// Connections open to this endpoint now.
@@ -136,7 +224,9 @@ pub struct ActiveConnection<'a> {
 
 impl Drop for ActiveConnection<'_> {
     fn drop(&mut self) {
-        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.endpoint.metrics.active.decrement(1.0);
+        if self.endpoint.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.endpoint.idle.notify_waiters();
+        }
     }
 }

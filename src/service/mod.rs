@@ -1,39 +1,99 @@
 //! Per-service state shared by the control plane and the data plane.
 //!
 //! - [`endpoint`]: one backend address with live counters and its metric handles; it survives
-//!   snapshot rebuilds so counters never reset.
-//! - [`snapshot`]: the immutable view the data plane reads lock-free (endpoints, health, picker).
-//! - [`owner`]: the one task per service that runs health probes and publishes new snapshots.
+//!   snapshot rebuilds, reloads and discovery updates, so counters never reset.
+//! - [`snapshot`]: the immutable view the data plane reads lock-free (settings, endpoints,
+//!   health, picker).
+//! - [`owner`]: the one task per service that follows the endpoint set, runs health probes,
+//!   applies drains, ejections and reconfigurations, and publishes new snapshots.
+//! - [`outlier`]: the passive ejection policy.
 
 pub mod endpoint;
+pub mod outlier;
 pub mod owner;
 pub mod snapshot;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use metrics::{Counter, Histogram};
-use tokio::sync::{broadcast, watch};
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use endpoint::Endpoint;
 pub use snapshot::{PortPool, Snapshot};
 
-use crate::balance::Picker;
 use crate::config;
 use crate::metrics as names;
 use crate::status::{EndpointStatus, PortStatus, ServiceStatus};
 
-/// A change of an endpoint's health, as announced to subscribers (logs, demo, tests).
+/// What happened to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Active checks found it healthy again.
+    Up,
+    /// Active checks found it unhealthy.
+    Down,
+    /// Ejected by outlier detection.
+    Ejected,
+    /// Back from an ejection.
+    Restored,
+    /// Joined the service (discovery or reload).
+    Added,
+    /// Left the service; its connections are draining.
+    Removed,
+    /// A removed endpoint's last connection closed; it is forgotten.
+    Gone,
+    /// Drained by an operator.
+    Drained,
+    /// Undrained by an operator.
+    Undrained,
+}
+
+/// A change of one endpoint, as announced to subscribers (logs, demo, tests).
 #[derive(Debug, Clone)]
-pub struct HealthEvent {
-    /// The endpoint whose verdict flipped.
+pub struct ServiceEvent {
+    /// The endpoint.
     pub endpoint: SocketAddr,
-    /// The new verdict.
-    pub healthy: bool,
-    /// Healthy endpoints of the service after the flip, in config order.
-    pub healthy_endpoints: Vec<SocketAddr>,
+    /// What happened.
+    pub change: Change,
+    /// Endpoints in rotation after the change, in order.
+    pub in_rotation: Vec<SocketAddr>,
+}
+
+/// Why an operator request about an endpoint was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No service of that name.
+    #[error("no service named {0:?}")]
+    UnknownService(String),
+    /// The service has no such endpoint.
+    #[error("service {service:?} has no endpoint {endpoint}")]
+    UnknownEndpoint {
+        /// The service.
+        service: String,
+        /// The address asked for.
+        endpoint: SocketAddr,
+    },
+    /// The service is stopping.
+    #[error("service {0:?} is stopping")]
+    Stopping(String),
+}
+
+/// Requests to a service's owner task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Apply new settings (reload); answered once the new snapshot is published.
+    Reconfigure(Arc<config::Service>, oneshot::Sender<()>),
+    /// Operator drain (`true`) or undrain (`false`); answers whether the endpoint exists.
+    SetDraining {
+        endpoint: SocketAddr,
+        draining: bool,
+        done: oneshot::Sender<bool>,
+    },
+    /// The data plane saw enough connect failures in a row to consider an ejection.
+    ConnectFailures(SocketAddr),
 }
 
 /// Per-service metric handles, created once.
@@ -47,84 +107,96 @@ pub struct ServiceMetrics {
     pub no_healthy_endpoints: Counter,
     /// `vipd_accept_errors_total{service}`.
     pub accept_errors: Counter,
+    /// `vipd_endpoints{service,state}` for healthy, unhealthy, draining, ejected.
+    pub endpoints: [Gauge; 4],
 }
 
 impl ServiceMetrics {
     fn new(service: &str) -> Self {
         let labels = [("service", service.to_owned())];
+        let by_state = |state: &'static str| {
+            metrics::gauge!(
+                names::ENDPOINTS,
+                &[("service", service.to_owned()), ("state", state.to_owned())]
+            )
+        };
         ServiceMetrics {
             connections_failed: metrics::counter!(names::CONNECTIONS_FAILED_TOTAL, &labels),
             connect_duration: metrics::histogram!(names::CONNECT_DURATION_SECONDS, &labels),
             no_healthy_endpoints: metrics::counter!(names::NO_HEALTHY_ENDPOINTS_TOTAL, &labels),
             accept_errors: metrics::counter!(names::ACCEPT_ERRORS_TOTAL, &labels),
+            endpoints: [
+                by_state("healthy"),
+                by_state("unhealthy"),
+                by_state("draining"),
+                by_state("ejected"),
+            ],
         }
     }
 }
 
-/// One running service: its config, its endpoints, and the current snapshot.
+/// One running service: the current snapshot, and the way to its owner task.
 #[derive(Debug)]
 pub struct ServiceState {
-    /// The service's validated config.
-    pub config: config::Service,
-    /// Every distinct endpoint address behind any of the service's ports, in config order.
-    endpoints: Vec<Arc<Endpoint>>,
+    name: String,
     /// What the data plane reads; replaced whole by the owner task.
     snapshot: ArcSwap<Snapshot>,
-    /// Round-robin (and later other) picker state per port; outlives snapshots.
-    pickers: Vec<Arc<Picker>>,
-    /// Bound listen address per port (filled in once bound).
-    bound: std::sync::OnceLock<Vec<SocketAddr>>,
-    /// True once every endpoint has been probed at least once.
+    /// Bound listen address per port, in config order.
+    bound: ArcSwap<Vec<SocketAddr>>,
+    /// Requests to the owner task.
+    commands: mpsc::Sender<Command>,
+    /// Cancelled when the service stops (removed by reload, or shutdown): listeners close and
+    /// established connections get their drain timeout.
+    retired: CancellationToken,
+    /// True once the endpoint set is known and every endpoint has been probed once.
     first_round_done: watch::Sender<bool>,
-    /// Health flips.
-    events: broadcast::Sender<HealthEvent>,
+    /// Endpoint changes.
+    events: broadcast::Sender<ServiceEvent>,
     /// Metric handles of the service itself.
     pub metrics: ServiceMetrics,
 }
 
+/// The receiving end of a service's commands, handed to [`owner::run`].
+#[derive(Debug)]
+pub struct Inbox(mpsc::Receiver<Command>);
+
 impl ServiceState {
-    /// Builds the state of `config`: endpoints (healthy until probed) and a first snapshot.
-    pub fn new(config: config::Service) -> Arc<Self> {
-        let mut by_addr: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
-        let mut endpoints = Vec::new();
-        for port in &config.ports {
-            for addr in config.endpoint_addrs(port) {
-                by_addr.entry(addr).or_insert_with(|| {
-                    let ep = Arc::new(Endpoint::new(&config.name, addr));
-                    endpoints.push(Arc::clone(&ep));
-                    ep
-                });
-            }
-        }
-        let pickers = config
-            .ports
-            .iter()
-            .map(|_| Arc::new(Picker::new(config.balance)))
-            .collect();
-        let no_checks = config.health.check == config::HealthCheck::None;
-        let (events, _) = broadcast::channel(64);
+    /// Builds the state of `config` (no endpoints until its owner task runs). The service
+    /// retires when `parent` is cancelled or [`ServiceState::retire`] is called.
+    pub fn new(config: config::Service, parent: &CancellationToken) -> (Arc<Self>, Inbox) {
+        let (commands, inbox) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(256);
+        let config = Arc::new(config);
         let state = ServiceState {
+            name: config.name.clone(),
             metrics: ServiceMetrics::new(&config.name),
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            first_round_done: watch::Sender::new(no_checks || endpoints.is_empty()),
-            config,
-            endpoints,
-            pickers,
-            bound: std::sync::OnceLock::new(),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                ports: config
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        PortPool::new(
+                            p.port,
+                            Vec::new(),
+                            Arc::new(crate::balance::Picker::new(config.balance)),
+                        )
+                    })
+                    .collect(),
+                config,
+                endpoints: Vec::new(),
+            }),
+            bound: ArcSwap::from_pointee(Vec::new()),
+            commands,
+            retired: parent.child_token(),
+            first_round_done: watch::Sender::new(false),
             events,
         };
-        state.publish();
-        Arc::new(state)
+        (Arc::new(state), Inbox(inbox))
     }
 
     /// The service name.
     pub fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    /// Every distinct endpoint of the service.
-    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
-        &self.endpoints
+        &self.name
     }
 
     /// The current snapshot (lock-free).
@@ -132,39 +204,51 @@ impl ServiceState {
         self.snapshot.load_full()
     }
 
-    /// Rebuilds the snapshot from the endpoints' current health and publishes it.
-    pub(crate) fn publish(&self) {
-        let by_addr: HashMap<SocketAddr, &Arc<Endpoint>> =
-            self.endpoints.iter().map(|e| (e.addr(), e)).collect();
-        let ports = self
-            .config
-            .ports
+    /// The service's current settings.
+    pub fn config(&self) -> Arc<config::Service> {
+        Arc::clone(&self.snapshot.load().config)
+    }
+
+    /// Every endpoint the service knows now, including removed ones still draining.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.snapshot.load().endpoints.clone()
+    }
+
+    /// The endpoint at `addr`, if the service knows it.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<Arc<Endpoint>> {
+        self.snapshot
+            .load()
+            .endpoints
             .iter()
-            .zip(&self.pickers)
-            .map(|(port, picker)| {
-                let endpoints: Vec<Arc<Endpoint>> = self
-                    .config
-                    .endpoint_addrs(port)
-                    .iter()
-                    .filter_map(|a| by_addr.get(a).map(|e| Arc::clone(e)))
-                    .collect();
-                PortPool::new(endpoints, Arc::clone(picker))
-            })
-            .collect();
-        self.snapshot.store(Arc::new(Snapshot { ports }));
+            .find(|e| e.addr() == addr)
+            .cloned()
+    }
+
+    pub(crate) fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
     }
 
     /// Records the bound listen addresses, one per port in config order.
     pub fn set_bound(&self, addrs: Vec<SocketAddr>) {
-        let _ = self.bound.set(addrs);
+        self.bound.store(Arc::new(addrs));
     }
 
-    /// The bound listen addresses (empty before binding).
-    pub fn bound(&self) -> &[SocketAddr] {
-        self.bound.get().map(Vec::as_slice).unwrap_or(&[])
+    /// The bound listen addresses.
+    pub fn bound(&self) -> Vec<SocketAddr> {
+        self.bound.load().as_ref().clone()
     }
 
-    /// True once every endpoint has a first probe result.
+    /// Cancelled when the service stops.
+    pub fn retired(&self) -> &CancellationToken {
+        &self.retired
+    }
+
+    /// Stops the service: listeners close, the owner task ends, connections drain.
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    /// True once the endpoint set is known and every endpoint has a first probe result.
     pub fn first_round_done(&self) -> bool {
         *self.first_round_done.borrow()
     }
@@ -176,27 +260,73 @@ impl ServiceState {
     }
 
     pub(crate) fn mark_first_round_done(&self) {
-        self.first_round_done.send_replace(true);
+        self.first_round_done
+            .send_if_modified(|done| !std::mem::replace(done, true));
     }
 
-    /// Subscribes to health flips.
-    pub fn subscribe(&self) -> broadcast::Receiver<HealthEvent> {
+    /// Subscribes to endpoint changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<ServiceEvent> {
         self.events.subscribe()
     }
 
-    pub(crate) fn announce(&self, event: HealthEvent) {
+    pub(crate) fn announce(&self, event: ServiceEvent) {
         // Nobody listening is normal.
         let _ = self.events.send(event);
     }
 
+    /// Applies new settings of this service (reload) and returns once they are published.
+    /// Listeners are the caller's business.
+    pub async fn reconfigure(&self, config: config::Service) -> Result<(), ControlError> {
+        let (done, applied) = oneshot::channel();
+        let stopping = || ControlError::Stopping(self.name.clone());
+        self.commands
+            .send(Command::Reconfigure(Arc::new(config), done))
+            .await
+            .map_err(|_| stopping())?;
+        applied.await.map_err(|_| stopping())
+    }
+
+    /// Drains (`true`: no new connections, established ones stay) or undrains an endpoint.
+    pub async fn set_draining(
+        &self,
+        endpoint: SocketAddr,
+        draining: bool,
+    ) -> Result<(), ControlError> {
+        let (done, answer) = oneshot::channel();
+        let stopping = || ControlError::Stopping(self.name.clone());
+        self.commands
+            .send(Command::SetDraining {
+                endpoint,
+                draining,
+                done,
+            })
+            .await
+            .map_err(|_| stopping())?;
+        match answer.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ControlError::UnknownEndpoint {
+                service: self.name.clone(),
+                endpoint,
+            }),
+            Err(_) => Err(stopping()),
+        }
+    }
+
+    /// Tells the owner task that `endpoint` keeps failing connects (data plane; never blocks:
+    /// when the owner is busy the next failure reports again).
+    pub fn report_connect_failures(&self, endpoint: SocketAddr) {
+        let _ = self.commands.try_send(Command::ConnectFailures(endpoint));
+    }
+
     /// The `/status` view of this service.
     pub fn status(&self) -> ServiceStatus {
-        let bound = self.bound();
+        let snapshot = self.snapshot.load();
+        let config = &snapshot.config;
+        let bound = self.bound.load();
         ServiceStatus {
-            name: self.config.name.clone(),
-            vip: self.config.vip.to_string(),
-            ports: self
-                .config
+            name: config.name.clone(),
+            vip: config.vip.to_string(),
+            ports: config
                 .ports
                 .iter()
                 .enumerate()
@@ -206,13 +336,14 @@ impl ServiceState {
                     protocol: p.protocol.as_str(),
                 })
                 .collect(),
-            endpoints: self
+            endpoints: snapshot
                 .endpoints
                 .iter()
                 .map(|e| EndpointStatus {
                     address: e.addr().to_string(),
                     healthy: e.is_healthy(),
                     draining: e.is_draining(),
+                    ejected: e.is_ejected(),
                     active_connections: e.active_connections(),
                     connections_total: e.connections_total(),
                 })

@@ -1,113 +1,587 @@
-//! The owner task of one service: probes every endpoint every `health.period`, feeds results
-//! through each endpoint's [`HealthState`], and on a flip updates the endpoint and publishes a
-//! new snapshot. Being the only writer keeps every snapshot consistent.
+//! The owner task of one service: the only writer of its snapshot.
+//!
+//! It follows the endpoint set (static list or discovery; whole sets, not deltas), probes every
+//! endpoint every `health.period` and feeds the results through each endpoint's
+//! [`HealthState`], applies operator drains, outlier ejections and reconfigurations, and after
+//! every change publishes one new snapshot, so the data plane always sees settings, endpoints,
+//! health and picker that belong together.
+//!
+//! Endpoints present before and after a change keep their `Arc<Endpoint>`: health, counters and
+//! connections carry over. A removed endpoint leaves rotation at once; its connections get the
+//! service's `drain_timeout`, and it is forgotten when the last one closes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio::time::{MissedTickBehavior, interval};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::{MissedTickBehavior, interval, sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::{HealthEvent, ServiceState};
-use crate::config::{Health, HealthCheck};
+use super::outlier::OutlierPolicy;
+use super::{Change, Command, Endpoint, Inbox, PortPool, ServiceEvent, ServiceState, Snapshot};
+use crate::balance::Picker;
+use crate::config::{self, EndpointSpec, Health, HealthCheck};
 use crate::health::{HealthState, ProbeError, probe};
 
-/// One probe result: which endpoint (index into the service's endpoints) and how it went.
-type ProbeReport = (usize, Result<(), ProbeError>);
+/// One probe result: which endpoint and how it went.
+type ProbeReport = (SocketAddr, Result<(), ProbeError>);
 
-/// Runs health checking for `service` until `shutdown` is cancelled.
-pub async fn run(service: Arc<ServiceState>, shutdown: CancellationToken) {
-    let health = service.config.health.clone();
-    if health.check == HealthCheck::None || service.endpoints().is_empty() {
-        service.mark_first_round_done();
-        return;
+/// Endpoint sets as they arrive: `None` until the first one is known.
+type EndpointSets = watch::Receiver<Option<Vec<EndpointSpec>>>;
+
+/// Work finished in the background that the owner must act on.
+enum Background {
+    /// An ejection ran out (the generation tells stale timers apart).
+    EjectionOver(SocketAddr, u64),
+    /// A removed endpoint has no connection left.
+    Gone(SocketAddr),
+}
+
+/// An endpoint currently in the service.
+struct Member {
+    endpoint: Arc<Endpoint>,
+    health: HealthState,
+    probe: Option<AbortHandle>,
+    probed: bool,
+    ejections: u32,
+    ejection: u64,
+}
+
+/// Runs the owner of `service` until it retires.
+pub async fn run(service: Arc<ServiceState>, inbox: Inbox) {
+    let Inbox(commands) = inbox;
+    let (reports_tx, reports) = mpsc::channel(256);
+    let config = service.config();
+    let mut owner = Owner {
+        pickers: pickers_for(&config, &HashMap::new()),
+        source: Source::start(&service, &config),
+        config,
+        service,
+        members: Vec::new(),
+        leaving: Vec::new(),
+        probes: JoinSet::new(),
+        reports_tx,
+        background: JoinSet::new(),
+        next_ejection: 0,
+    };
+    owner.run(commands, reports).await;
+}
+
+struct Owner {
+    service: Arc<ServiceState>,
+    config: Arc<config::Service>,
+    source: Source,
+    members: Vec<Member>,
+    /// Removed endpoints whose connections are still draining.
+    leaving: Vec<Arc<Endpoint>>,
+    pickers: HashMap<u16, Arc<Picker>>,
+    probes: JoinSet<()>,
+    reports_tx: mpsc::Sender<ProbeReport>,
+    background: JoinSet<Background>,
+    next_ejection: u64,
+}
+
+impl Owner {
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut reports: mpsc::Receiver<ProbeReport>,
+    ) {
+        let retired = self.service.retired().clone();
+        // The first set may already be there (static endpoints).
+        self.apply_endpoint_set();
+        loop {
+            tokio::select! {
+                _ = retired.cancelled() => break,
+                Some(command) = commands.recv() => self.on_command(command),
+                Some((addr, result)) = reports.recv() => self.on_probe(addr, result),
+                changed = self.source.sets.changed() => {
+                    if changed.is_err() {
+                        // The source ended (it only does when retiring).
+                        break;
+                    }
+                    self.apply_endpoint_set();
+                }
+                Some(Ok(done)) = self.background.join_next() => self.on_background(done),
+            }
+            // Aborted probe loops stay in the set until joined.
+            while self.probes.try_join_next().is_some() {}
+        }
+        self.probes.abort_all();
+        self.source.stop();
+        // Connections of this service drain on the service's own token; nothing to forget.
     }
-    let endpoints = service.endpoints();
-    let (reports_tx, mut reports) = mpsc::channel::<ProbeReport>(endpoints.len() * 2);
-    // Dropping the set (when this task ends) aborts every probe loop.
-    let mut probes = JoinSet::new();
-    for (index, endpoint) in endpoints.iter().enumerate() {
-        let target = probe_target(endpoint.addr(), &health);
-        probes.spawn(probe_loop(
-            index,
-            target,
-            health.clone(),
-            reports_tx.clone(),
-            shutdown.clone(),
-        ));
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Reconfigure(config, done) => {
+                self.reconfigure(config);
+                let _ = done.send(());
+            }
+            Command::SetDraining {
+                endpoint,
+                draining,
+                done,
+            } => {
+                let known = self.set_draining(endpoint, draining);
+                let _ = done.send(known);
+            }
+            Command::ConnectFailures(addr) => self.consider_ejection(addr),
+        }
     }
-    drop(reports_tx);
 
-    let mut states: Vec<HealthState> = endpoints
-        .iter()
-        .map(|_| HealthState::new(health.success_threshold, health.failure_threshold))
-        .collect();
-    let mut probed = vec![false; endpoints.len()];
-    let mut unprobed = endpoints.len();
-
-    loop {
-        let (index, result) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            report = reports.recv() => match report {
-                Some(report) => report,
-                None => return,
-            },
+    /// Applies the latest endpoint set from the source.
+    fn apply_endpoint_set(&mut self) {
+        let Some(specs) = self.source.sets.borrow_and_update().clone() else {
+            return;
         };
-        let endpoint = &endpoints[index];
+        let desired = addresses(&self.config, &specs);
+        let mut kept = Vec::with_capacity(desired.len());
+        let mut previous: HashMap<SocketAddr, Member> = self
+            .members
+            .drain(..)
+            .map(|m| (m.endpoint.addr(), m))
+            .collect();
+        for addr in &desired {
+            if let Some(member) = previous.remove(addr) {
+                kept.push(member);
+                continue;
+            }
+            let endpoint = match self.leaving.iter().position(|e| e.addr() == *addr) {
+                // Came back while its old connections were draining: keep its counters.
+                Some(index) => {
+                    let endpoint = self.leaving.swap_remove(index);
+                    endpoint.set_removed(false);
+                    endpoint
+                }
+                None => Arc::new(Endpoint::new(self.service.name(), *addr)),
+            };
+            tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint added");
+            let member = self.new_member(endpoint);
+            kept.push(member);
+            self.announce(*addr, Change::Added, &kept);
+        }
+        self.members = kept;
+        for (addr, member) in previous {
+            if let Some(probe) = member.probe {
+                probe.abort();
+            }
+            self.retire_endpoint(member.endpoint);
+            tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint removed; its connections drain");
+            self.announce_now(addr, Change::Removed);
+        }
+        self.publish();
+        self.check_first_round();
+    }
+
+    fn new_member(&mut self, endpoint: Arc<Endpoint>) -> Member {
+        let probe = self.start_probe(endpoint.addr());
+        Member {
+            health: HealthState::from_config(&self.config.health),
+            endpoint,
+            probed: probe.is_none(),
+            probe,
+            ejections: 0,
+            ejection: 0,
+        }
+    }
+
+    /// Takes a removed endpoint out of the service: it drains, and is forgotten once idle.
+    fn retire_endpoint(&mut self, endpoint: Arc<Endpoint>) {
+        endpoint.set_removed(true);
+        endpoint.set_ejected(false);
+        let waiting = Arc::clone(&endpoint);
+        self.background.spawn(async move {
+            waiting.idle().await;
+            Background::Gone(waiting.addr())
+        });
+        self.leaving.push(endpoint);
+    }
+
+    fn start_probe(&mut self, addr: SocketAddr) -> Option<AbortHandle> {
+        if self.config.health.check == HealthCheck::None {
+            return None;
+        }
+        let target = probe_target(addr, &self.config.health);
+        Some(self.probes.spawn(probe_loop(
+            addr,
+            target,
+            self.config.health.clone(),
+            self.reports_tx.clone(),
+        )))
+    }
+
+    fn on_probe(&mut self, addr: SocketAddr, result: Result<(), ProbeError>) {
+        let Some(index) = self.members.iter().position(|m| m.endpoint.addr() == addr) else {
+            // A report from an endpoint removed meanwhile.
+            return;
+        };
+        let member = &mut self.members[index];
+        let endpoint = Arc::clone(&member.endpoint);
         match &result {
             Ok(()) => endpoint.metrics.checks_succeeded.increment(1),
             Err(error) => {
                 endpoint.metrics.checks_failed.increment(1);
-                tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "health check failed");
+                tracing::debug!(service = self.service.name(), endpoint = %addr, %error, "health check failed");
             }
         }
-        if let Some(healthy) = states[index].observe(result.is_ok()) {
+        let flipped = member.health.observe(result.is_ok());
+        let first = !std::mem::replace(&mut member.probed, true);
+        if let Some(healthy) = flipped {
             endpoint.set_healthy(healthy);
-            service.publish();
-            let healthy_endpoints: Vec<SocketAddr> = endpoints
-                .iter()
-                .filter(|e| e.is_healthy())
-                .map(|e| e.addr())
-                .collect();
+            self.publish();
+            let in_rotation = self.in_rotation();
             match &result {
                 Ok(()) => tracing::info!(
-                    service = service.name(),
-                    endpoint = %endpoint.addr(),
-                    healthy = healthy_endpoints.len(),
-                    total = endpoints.len(),
+                    service = self.service.name(),
+                    endpoint = %addr,
+                    in_rotation = in_rotation.len(),
+                    total = self.members.len(),
                     "endpoint marked up"
                 ),
                 Err(error) => tracing::info!(
-                    service = service.name(),
-                    endpoint = %endpoint.addr(),
+                    service = self.service.name(),
+                    endpoint = %addr,
                     %error,
-                    healthy = healthy_endpoints.len(),
-                    total = endpoints.len(),
+                    in_rotation = in_rotation.len(),
+                    total = self.members.len(),
                     "endpoint marked down"
                 ),
             }
-            if healthy_endpoints.is_empty() {
+            if in_rotation.is_empty() {
                 tracing::warn!(
-                    service = service.name(),
+                    service = self.service.name(),
                     "no healthy endpoint: connections are spread over all endpoints (fail open)"
                 );
             }
-            service.announce(HealthEvent {
-                endpoint: endpoint.addr(),
-                healthy,
-                healthy_endpoints,
+            let change = if healthy { Change::Up } else { Change::Down };
+            self.service.announce(ServiceEvent {
+                endpoint: addr,
+                change,
+                in_rotation,
             });
         }
-        if !probed[index] {
-            probed[index] = true;
-            unprobed -= 1;
-            if unprobed == 0 {
-                service.mark_first_round_done();
+        if first {
+            self.check_first_round();
+        }
+    }
+
+    fn set_draining(&mut self, addr: SocketAddr, draining: bool) -> bool {
+        let Some(member) = self.members.iter().find(|m| m.endpoint.addr() == addr) else {
+            return false;
+        };
+        if member.endpoint.is_draining() != draining {
+            member.endpoint.set_draining(draining);
+            tracing::info!(service = self.service.name(), endpoint = %addr, draining, "endpoint drain changed by operator");
+            self.publish();
+            let change = if draining {
+                Change::Drained
+            } else {
+                Change::Undrained
+            };
+            self.announce_now(addr, change);
+        }
+        true
+    }
+
+    fn consider_ejection(&mut self, addr: SocketAddr) {
+        let Some(policy) = self.config.outlier.clone().map(OutlierPolicy::new) else {
+            return;
+        };
+        let ejected = self
+            .members
+            .iter()
+            .filter(|m| m.endpoint.is_ejected())
+            .count();
+        let total = self.members.len();
+        let Some(member) = self.members.iter_mut().find(|m| m.endpoint.addr() == addr) else {
+            return;
+        };
+        let endpoint = Arc::clone(&member.endpoint);
+        if endpoint.is_ejected() || !policy.is_outlier(endpoint.consecutive_connect_failures()) {
+            return;
+        }
+        if !policy.may_eject(ejected, total) {
+            tracing::debug!(service = self.service.name(), endpoint = %addr, "not ejected: max_ejection_percent reached");
+            return;
+        }
+        let duration = policy.ejection_time(member.ejections);
+        member.ejections += 1;
+        self.next_ejection += 1;
+        member.ejection = self.next_ejection;
+        let generation = member.ejection;
+        endpoint.set_ejected(true);
+        endpoint.metrics.ejections.increment(1);
+        tracing::info!(service = self.service.name(), endpoint = %addr, ejection = ?duration, "endpoint ejected after consecutive connect failures");
+        self.background.spawn(async move {
+            sleep(duration).await;
+            Background::EjectionOver(addr, generation)
+        });
+        self.publish();
+        self.announce_now(addr, Change::Ejected);
+    }
+
+    fn on_background(&mut self, done: Background) {
+        match done {
+            Background::EjectionOver(addr, generation) => {
+                let Some(member) = self
+                    .members
+                    .iter()
+                    .find(|m| m.endpoint.addr() == addr && m.ejection == generation)
+                else {
+                    return;
+                };
+                if !member.endpoint.is_ejected() {
+                    return;
+                }
+                member.endpoint.set_ejected(false);
+                member.endpoint.reset_connect_failures();
+                tracing::info!(service = self.service.name(), endpoint = %addr, "ejection over; endpoint back in rotation");
+                self.publish();
+                self.announce_now(addr, Change::Restored);
+            }
+            Background::Gone(addr) => {
+                let Some(index) = self.leaving.iter().position(|e| e.addr() == addr) else {
+                    // Re-added meanwhile.
+                    return;
+                };
+                let endpoint = &self.leaving[index];
+                if endpoint.active_connections() != 0 {
+                    // A connection raced in before the removal took effect; wait again.
+                    let waiting = Arc::clone(endpoint);
+                    self.background.spawn(async move {
+                        waiting.idle().await;
+                        Background::Gone(waiting.addr())
+                    });
+                    return;
+                }
+                self.leaving.swap_remove(index);
+                tracing::debug!(service = self.service.name(), endpoint = %addr, "removed endpoint drained");
+                self.publish();
+                self.announce_now(addr, Change::Gone);
             }
         }
     }
+
+    fn reconfigure(&mut self, config: Arc<config::Service>) {
+        let old = std::mem::replace(&mut self.config, Arc::clone(&config));
+        if old.endpoints != config.endpoints || old.discovery != config.discovery {
+            self.source.stop();
+            self.source = Source::start(&self.service, &config);
+        }
+        if old.health != config.health {
+            let addrs: Vec<SocketAddr> = self.members.iter().map(|m| m.endpoint.addr()).collect();
+            for (index, addr) in addrs.into_iter().enumerate() {
+                if let Some(probe) = self.members[index].probe.take() {
+                    probe.abort();
+                }
+                let probe = self.start_probe(addr);
+                let member = &mut self.members[index];
+                if probe.is_none() {
+                    // No checks any more: every endpoint counts as healthy.
+                    member.endpoint.set_healthy(true);
+                }
+                member.health = HealthState::from_config(&config.health);
+                if !member.endpoint.is_healthy() {
+                    // Keep the verdict until the new checks say otherwise.
+                    for _ in 0..config.health.failure_threshold.get() {
+                        member.health.observe(false);
+                    }
+                }
+                member.probe = probe;
+            }
+        }
+        if old.outlier != config.outlier && config.outlier.is_none() {
+            for member in &self.members {
+                member.endpoint.set_ejected(false);
+            }
+        }
+        if old.balance != config.balance || old.ports != config.ports {
+            self.pickers = pickers_for(&config, &self.pickers);
+        }
+        tracing::info!(service = self.service.name(), "service settings updated");
+        // Endpoint addresses depend on target ports too.
+        self.apply_endpoint_set();
+        self.publish();
+    }
+
+    fn check_first_round(&self) {
+        if self.source.sets.borrow().is_some() && self.members.iter().all(|m| m.probed) {
+            self.service.mark_first_round_done();
+        }
+    }
+
+    /// Builds and publishes a snapshot from the members as they are now.
+    fn publish(&self) {
+        let by_addr: HashMap<SocketAddr, &Arc<Endpoint>> = self
+            .members
+            .iter()
+            .map(|m| (m.endpoint.addr(), &m.endpoint))
+            .collect();
+        let specs = self.source.sets.borrow().clone().unwrap_or_default();
+        let ports = self
+            .config
+            .ports
+            .iter()
+            .map(|port| {
+                let endpoints = port_addresses(port, &specs)
+                    .iter()
+                    .filter_map(|a| by_addr.get(a).map(|e| Arc::clone(e)))
+                    .collect();
+                let picker = self
+                    .pickers
+                    .get(&port.port)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Picker::new(self.config.balance)));
+                PortPool::new(port.port, endpoints, picker)
+            })
+            .collect();
+        let endpoints: Vec<Arc<Endpoint>> = self
+            .members
+            .iter()
+            .map(|m| Arc::clone(&m.endpoint))
+            .chain(self.leaving.iter().cloned())
+            .collect();
+        self.record_states(&endpoints);
+        self.service.publish(Snapshot {
+            config: Arc::clone(&self.config),
+            ports,
+            endpoints,
+        });
+    }
+
+    /// Sets `vipd_endpoints{state}`.
+    fn record_states(&self, endpoints: &[Arc<Endpoint>]) {
+        let mut counts = [0u32; 4];
+        for endpoint in endpoints {
+            let state = if endpoint.is_draining() {
+                2
+            } else if endpoint.is_ejected() {
+                3
+            } else if endpoint.is_healthy() {
+                0
+            } else {
+                1
+            };
+            counts[state] += 1;
+        }
+        for (gauge, count) in self.service.metrics.endpoints.iter().zip(counts) {
+            gauge.set(f64::from(count));
+        }
+    }
+
+    fn in_rotation(&self) -> Vec<SocketAddr> {
+        self.members
+            .iter()
+            .filter(|m| m.endpoint.in_rotation())
+            .map(|m| m.endpoint.addr())
+            .collect()
+    }
+
+    fn announce_now(&self, endpoint: SocketAddr, change: Change) {
+        self.service.announce(ServiceEvent {
+            endpoint,
+            change,
+            in_rotation: self.in_rotation(),
+        });
+    }
+
+    fn announce(&self, endpoint: SocketAddr, change: Change, members: &[Member]) {
+        self.service.announce(ServiceEvent {
+            endpoint,
+            change,
+            in_rotation: members
+                .iter()
+                .filter(|m| m.endpoint.in_rotation())
+                .map(|m| m.endpoint.addr())
+                .collect(),
+        });
+    }
+}
+
+/// Where endpoint sets come from: a fixed list, or a discovery task.
+struct Source {
+    sets: EndpointSets,
+    /// Keeps a static set's channel open.
+    _fixed: Option<watch::Sender<Option<Vec<EndpointSpec>>>>,
+    /// Stops a discovery task.
+    stop: CancellationToken,
+}
+
+impl Source {
+    fn start(service: &ServiceState, config: &config::Service) -> Source {
+        let stop = service.retired().child_token();
+        match &config.discovery {
+            None => {
+                let (fixed, sets) = watch::channel(Some(config.endpoints.clone()));
+                Source {
+                    sets,
+                    _fixed: Some(fixed),
+                    stop,
+                }
+            }
+            Some(discovery) => {
+                let (updates, sets) = watch::channel(None);
+                tokio::spawn(crate::discovery::run(
+                    service.name().to_owned(),
+                    discovery.clone(),
+                    updates,
+                    stop.clone(),
+                ));
+                Source {
+                    sets,
+                    _fixed: None,
+                    stop,
+                }
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Distinct endpoint addresses of the service over all its ports, in order.
+fn addresses(config: &config::Service, specs: &[EndpointSpec]) -> Vec<SocketAddr> {
+    let mut all = Vec::new();
+    for port in &config.ports {
+        for addr in port_addresses(port, specs) {
+            if !all.contains(&addr) {
+                all.push(addr);
+            }
+        }
+    }
+    all
+}
+
+/// The endpoint addresses behind one service port.
+fn port_addresses(port: &config::ServicePort, specs: &[EndpointSpec]) -> Vec<SocketAddr> {
+    specs
+        .iter()
+        .map(|e| SocketAddr::new(e.ip, e.port.unwrap_or(port.target_port)))
+        .collect()
+}
+
+/// Pickers per service port, keeping the state of ports that stay.
+fn pickers_for(
+    config: &config::Service,
+    old: &HashMap<u16, Arc<Picker>>,
+) -> HashMap<u16, Arc<Picker>> {
+    config
+        .ports
+        .iter()
+        .map(|p| {
+            let picker = old
+                .get(&p.port)
+                .filter(|picker| picker.policy() == config.balance)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Picker::new(config.balance)));
+            (p.port, picker)
+        })
+        .collect()
 }
 
 /// Where to probe an endpoint: its own address, or its IP with the configured probe port.
@@ -117,25 +591,18 @@ fn probe_target(endpoint: SocketAddr, health: &Health) -> SocketAddr {
 
 /// Probes one endpoint every period (the first at once) and reports each result.
 async fn probe_loop(
-    index: usize,
+    addr: SocketAddr,
     target: SocketAddr,
     health: Health,
     reports: mpsc::Sender<ProbeReport>,
-    shutdown: CancellationToken,
 ) {
     let mut ticker = interval(health.period);
     // A slow probe delays the next one instead of firing a burst to catch up.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = probe(&health.check, target, health.timeout) => result,
-        };
-        if reports.send((index, result)).await.is_err() {
+        ticker.tick().await;
+        let result = probe(&health.check, target, health.timeout).await;
+        if reports.send((addr, result)).await.is_err() {
             return;
         }
     }

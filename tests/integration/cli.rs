@@ -347,3 +347,112 @@ async fn accept_survives_running_out_of_file_descriptors() {
     assert!(errors >= 1.0, "{errors}");
     vipd.signal(Signal::TERM);
 }
+
+fn service_toml(name: &str, port: u16, endpoint: SocketAddr) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nvip = \"127.0.0.1\"\nports = [{{ port = {port} }}]\n\
+         endpoints = [\"{endpoint}\"]\n\n[service.health]\ncheck = \"none\"\n\n"
+    )
+}
+
+async fn name_at(port: u16) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_an_invalid_file_keeps_the_running_config() {
+    let first = Backend::start("first", Behaviour::Name).await;
+    let second = Backend::start("second", Behaviour::Name).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &service_toml("a", port_a, first.addr));
+    let mut vipd = Child_::spawn(&["run", "-c", config.to_str().unwrap()]);
+    vipd.wait_for("ready");
+    assert_eq!(name_at(port_a).await.unwrap(), "first");
+
+    // A broken file: nothing changes, the error names file and line.
+    std::fs::write(&config, "[[service]]\nname = \"a\"\nbogus = 1\n").unwrap();
+    vipd.signal(Signal::HUP);
+    vipd.wait_for("config reload failed");
+    let failure = vipd.seen.last().unwrap().clone();
+    assert!(
+        failure.contains(&format!("{}:3:1", config.display())),
+        "{failure}"
+    );
+    assert_eq!(name_at(port_a).await.unwrap(), "first");
+
+    // A good file: service b appears, a follows its new endpoint.
+    let text = service_toml("a", port_a, second.addr) + &service_toml("b", port_b, first.addr);
+    std::fs::write(&config, text).unwrap();
+    vipd.signal(Signal::HUP);
+    vipd.wait_for("config reloaded");
+    assert_eq!(name_at(port_a).await.unwrap(), "second");
+    assert_eq!(name_at(port_b).await.unwrap(), "first");
+    vipd.signal(Signal::TERM);
+    let status = tokio::task::spawn_blocking(move || vipd.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn watched_file_and_post_reload_apply_changes() {
+    let backend = Backend::start("only", Behaviour::Name).await;
+    let (port_a, port_b, admin) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+    let admin_toml = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken_file = \"token\"\n\n");
+    let config = write_config(
+        dir.path(),
+        &(admin_toml.clone() + &service_toml("a", port_a, backend.addr)),
+    );
+    let mut vipd = Child_::spawn(&["run", "-c", config.to_str().unwrap(), "--watch"]);
+    vipd.wait_for("ready");
+
+    std::fs::write(
+        &config,
+        admin_toml.clone()
+            + &service_toml("a", port_a, backend.addr)
+            + &service_toml("b", port_b, backend.addr),
+    )
+    .unwrap();
+    vipd.wait_for("config reloaded");
+    assert_eq!(name_at(port_b).await.unwrap(), "only");
+
+    // POST /reload with the token reads the file again; an invalid file answers 422.
+    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
+    let post = |auth: &'static str| async move {
+        let mut stream = TcpStream::connect(admin_addr).await.unwrap();
+        let request = format!(
+            "POST /reload HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        raw
+    };
+    assert!(post("").await.starts_with("HTTP/1.1 401"));
+    let ok = post("Authorization: Bearer t0ken\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("reloaded: no changes"), "{ok}");
+    std::fs::write(&config, admin_toml + "[[service]]\nname = \"BAD\"\n").unwrap();
+    vipd.wait_for("config reload failed");
+    let refused = post("Authorization: Bearer t0ken\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 422"), "{refused}");
+    assert!(!refused.contains("t0ken"));
+    assert_eq!(name_at(port_a).await.unwrap(), "only");
+    assert_eq!(name_at(port_b).await.unwrap(), "only");
+    let page = crate::support::http::get(admin_addr, "/metrics").await.body;
+    assert!(
+        page.contains("vipd_config_reloads_total{result=\"failure\"} 2"),
+        "{page}"
+    );
+    assert!(
+        page.contains("vipd_config_reloads_total{result=\"success\"} 2"),
+        "{page}"
+    );
+    vipd.signal(Signal::TERM);
+}

@@ -7,17 +7,13 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use vipd::config::HealthCheck;
-use vipd::service::HealthEvent;
+use vipd::service::Change;
 
 use crate::support::backend::{Behaviour, HttpBackend};
 use crate::support::harness::with_health;
-use crate::support::{Backend, Running, service, within};
+use crate::support::{Backend, Running, next_change, service};
 
 const PERIOD: Duration = Duration::from_millis(50);
-
-async fn next_event(events: &mut tokio::sync::broadcast::Receiver<HealthEvent>) -> HealthEvent {
-    within("a health flip", events.recv()).await.expect("event")
-}
 
 async fn name_through(addr: SocketAddr) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -42,17 +38,16 @@ async fn tcp_check_marks_down_and_up_and_traffic_follows() {
     assert_eq!(service.snapshot().ports[0].healthy.len(), 2);
 
     flaky.stop().await;
-    let down = next_event(&mut events).await;
-    assert_eq!((down.endpoint, down.healthy), (flaky.addr, false));
-    assert_eq!(down.healthy_endpoints, vec![steady.addr]);
+    let down = next_change(&mut events, flaky.addr, Change::Down).await;
+    assert_eq!(down.in_rotation, vec![steady.addr]);
     // Every new connection now goes to the healthy endpoint, without connect failures.
     for _ in 0..10 {
         assert_eq!(name_through(vipd.addr("tcp-health")).await, "steady");
     }
 
     let _flaky = Backend::start_at(flaky.addr, "flaky", Behaviour::Name).await;
-    let up = next_event(&mut events).await;
-    assert_eq!((up.endpoint, up.healthy), (flaky.addr, true));
+    let up = next_change(&mut events, flaky.addr, Change::Up).await;
+    assert_eq!(up.in_rotation.len(), 2);
     let mut names = Vec::new();
     for _ in 0..4 {
         names.push(name_through(vipd.addr("tcp-health")).await);
@@ -81,15 +76,13 @@ async fn http_check_follows_status_codes_with_thresholds() {
     assert!(endpoint.is_healthy());
 
     backend.set_status(503);
-    let down = next_event(&mut events).await;
-    assert!(!down.healthy);
+    next_change(&mut events, backend.addr, Change::Down).await;
     assert!(!endpoint.is_healthy());
     assert!(service.snapshot().ports[0].healthy.is_empty());
 
     let ok_before = backend.ok_answers();
     backend.set_status(302);
-    let up = next_event(&mut events).await;
-    assert!(up.healthy);
+    next_change(&mut events, backend.addr, Change::Up).await;
     // Three consecutive successes were needed: at least three 3xx answers were served.
     assert!(
         backend.ok_answers() - ok_before >= 3,

@@ -9,4 +9,5 @@ mod deploy;
 mod health;
 mod prometheus;
 mod proxy;
+mod reload;
 mod shutdown;

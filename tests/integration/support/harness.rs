@@ -60,6 +60,19 @@ pub fn with_health(mut service: Service, check: HealthCheck, period: Duration) -
     service
 }
 
+/// A config of `services`, with an admin server on 127.0.0.1:0 when `admin`.
+pub fn config(services: Vec<Service>, admin: bool) -> Config {
+    Config {
+        runtime: Runtime { workers: None },
+        admin: admin.then(|| Admin {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+        }),
+        dns: None,
+        services,
+    }
+}
+
 /// A running vipd.
 pub struct Running {
     /// Cancelling it starts the shutdown.
@@ -74,15 +87,11 @@ pub struct Running {
 impl Running {
     /// Binds and runs `services` (and an admin server on 127.0.0.1:0 when `admin`).
     pub async fn start(services: Vec<Service>, admin: bool) -> Running {
-        let config = Config {
-            runtime: Runtime { workers: None },
-            admin: admin.then(|| Admin {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                token: None,
-            }),
-            dns: None,
-            services,
-        };
+        Self::start_config(config(services, admin)).await
+    }
+
+    /// Binds and runs `config`.
+    pub async fn start_config(config: Config) -> Running {
         let app = App::bind(config).await.expect("bind vipd");
         let state = app.state();
         let admin = app.admin_addr();
@@ -98,7 +107,7 @@ impl Running {
     }
 
     /// The service called `name`.
-    pub fn service(&self, name: &str) -> &Arc<ServiceState> {
+    pub fn service(&self, name: &str) -> Arc<ServiceState> {
         self.state.service(name).expect("service exists")
     }
 
@@ -109,7 +118,7 @@ impl Running {
 
     /// Waits until every service finished its first health round.
     pub async fn ready(&self) {
-        for service in self.state.services() {
+        for service in self.state.services().iter() {
             within("first health round", service.wait_first_round()).await;
         }
     }

@@ -19,3 +19,20 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// Waits for the next `change` of `endpoint` among a service's events, skipping others.
+pub async fn next_change(
+    events: &mut tokio::sync::broadcast::Receiver<vipd::service::ServiceEvent>,
+    endpoint: std::net::SocketAddr,
+    change: vipd::service::Change,
+) -> vipd::service::ServiceEvent {
+    within(&format!("{endpoint}: {change:?}"), async {
+        loop {
+            let event = events.recv().await.expect("service events");
+            if event.endpoint == endpoint && event.change == change {
+                return event;
+            }
+        }
+    })
+    .await
+}
