@@ -659,7 +659,7 @@ fn notify_config(backend: SocketAddr, admin: u16) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_notifies_ready_once_serving_and_stopping_on_sigterm() {
+async fn binary_notifies_ready_reloading_and_stopping() {
     let backend = Backend::start("echo", Behaviour::Echo).await;
     let admin_port = free_port();
     let vipd = Notified::start(&notify_config(backend.addr, admin_port), &[]);
@@ -674,6 +674,22 @@ async fn binary_notifies_ready_once_serving_and_stopping_on_sigterm() {
     // READY=1 means what /readyz means: listeners bound, first health round done.
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     assert_eq!(get(admin, "/readyz").await.status, 200);
+
+    // SIGHUP: RELOADING=1 with the monotonic timestamp systemd requires, then READY=1 again.
+    vipd.signal(Signal::HUP);
+    let vipd = tokio::task::spawn_blocking(move || {
+        let reloading = vipd.next();
+        assert_eq!(reloading.len(), 2, "{reloading:?}");
+        assert_eq!(reloading[0], "RELOADING=1");
+        let usec = reloading[1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .unwrap_or_else(|| panic!("{reloading:?}"));
+        assert!(usec.parse::<u64>().is_ok(), "{reloading:?}");
+        assert_eq!(vipd.next(), ["READY=1"], "after the reload");
+        vipd
+    })
+    .await
+    .unwrap();
 
     let mut vipd = vipd;
     vipd.signal(Signal::TERM);
