@@ -352,10 +352,14 @@ impl PrometheusServer {
     }
 
     /// `GET path` on the HTTP API, as JSON; `None` while the server does not accept
-    /// connections yet.
+    /// connections or is not ready yet.
     async fn api(&self, path: &str) -> Option<serde_json::Value> {
         TcpStream::connect(self.addr).await.ok()?;
         let response = get(self.addr, path).await;
+        // 503 while the storage is still opening: the web server starts first.
+        if response.status == 503 {
+            return None;
+        }
         assert_eq!(response.status, 200, "GET {path}: {}", response.body);
         Some(serde_json::from_str(&response.body).expect("API answers JSON"))
     }
