@@ -331,6 +331,8 @@ impl App {
         // The admin server outlives the drain so /metrics and /status stay readable meanwhile.
         let admin_stop = CancellationToken::new();
         control.spawn(crate::metrics::run_upkeep(admin_stop.clone()));
+        // The watchdog keeps going through the drain, which may outlast WatchdogSec.
+        control.spawn(crate::notify::run_watchdog(admin_stop.clone()));
         if let Some((admin, token)) = admin {
             let source: Arc<dyn AdminSource> = state.clone();
             control.spawn(crate::admin::serve(
@@ -397,6 +399,7 @@ impl App {
             }
         }
         drop(reload_requests);
+        crate::notify::stopping();
 
         running.root.cancel();
         // Every accept loop watches the root token; once they are done no listener is open.
@@ -492,7 +495,10 @@ impl Running {
     }
 
     async fn reload(&mut self, source: ReloadSource) -> anyhow::Result<String> {
+        crate::notify::reloading();
         let result = self.try_reload(source).await;
+        // Applied or rejected, the service is serving again (a rejected file keeps the old config).
+        crate::notify::ready();
         match &result {
             Ok(summary) => {
                 self.reload_results[0].increment(1);
@@ -717,7 +723,10 @@ async fn announce_ready(state: Arc<AppState>, shutdown: CancellationToken) {
         }
     };
     tokio::select! {
-        _ = first_round => tracing::info!(services = state.services().len(), "ready"),
+        _ = first_round => {
+            tracing::info!(services = state.services().len(), "ready");
+            crate::notify::ready();
+        }
         _ = shutdown.cancelled() => {}
     }
 }

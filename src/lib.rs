@@ -15,6 +15,7 @@
 //! - [`metrics`]: every metric name with its help text, and the Prometheus recorder.
 //! - [`shutdown`]: OS signals turned into cancellation.
 //! - [`vip`]: VIP ownership: adds managed VIPs to interfaces over netlink and announces them.
+//! - [`notify`]: systemd readiness, reload, stop and watchdog notifications.
 //! - [`app`]: binds everything from a config and runs it until cancelled; used by `main` and tests.
 //! - [`dns`]: the DNS server answering `<service>.<zone>` with VIPs and SRV ports.
 //! - [`demo`]: the self-contained `vipd demo`.
@@ -30,6 +31,7 @@ pub mod discovery;
 pub mod dns;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod service;
 pub mod shutdown;

@@ -5,9 +5,11 @@ mod support;
 
 mod admin;
 mod cli;
+mod deploy;
 mod discovery;
 mod dns;
 mod health;
+mod prometheus;
 mod proxy;
 mod reload;
 mod shutdown;
