@@ -12,19 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::backend::Behaviour;
+use crate::support::free_port;
 use crate::support::{Backend, GUARD};
 
 pub(crate) const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
-
-/// A free port on 127.0.0.1 for a child process's config (the kernel picks it; released
-/// just before the child binds it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A vipd child process whose stderr lines are collected in the background.
 pub(crate) struct Child_ {
@@ -246,11 +237,11 @@ fn version_is_printed() {
 #[tokio::test]
 async fn demo_serves_and_rotates_backends() {
     let (service, admin) = (free_port(), free_port());
-    // Three consecutive free ports for the backends: take a free one and check its neighbours.
+    // Three consecutive free ports for the backends; free_port hands each out once.
     let first_backend = loop {
-        let p = free_port();
-        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
+        let ports = [free_port(), free_port(), free_port()];
+        if ports[1] == ports[0] + 1 && ports[2] == ports[0] + 2 {
+            break ports[0];
         }
     };
     let mut demo = Child_::spawn(&[

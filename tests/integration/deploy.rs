@@ -15,6 +15,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::support::backend::Behaviour;
+use crate::support::free_port;
 use crate::support::http::get;
 use crate::support::{Backend, GUARD, Running, service};
 
@@ -640,14 +641,6 @@ impl Drop for Notified {
             let _ = self.child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn notify_config(backend: SocketAddr, admin: u16) -> String {

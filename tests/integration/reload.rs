@@ -10,6 +10,7 @@ use vipd::config::{Outlier, Secret};
 use vipd::service::Change;
 
 use crate::support::backend::Behaviour;
+use crate::support::free_port;
 use crate::support::harness::config;
 use crate::support::http::Response;
 use crate::support::{Backend, Running, next_change, service, within};
@@ -26,14 +27,6 @@ async fn name_through(addr: SocketAddr) -> String {
     let mut text = String::new();
     stream.read_to_string(&mut text).await.unwrap();
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -41,3 +41,29 @@ pub async fn next_change(
     })
     .await
 }
+
+/// A free port on 127.0.0.1 for configs that cannot say "port 0" (a child process's file, a
+/// port a reload moves to).
+///
+/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, from 32768 by
+/// default), so no socket bound to port 0 and no outgoing connection of a concurrent test can
+/// take it between this check and its use. A per-process offset keeps concurrent test runs apart.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u16 = 10_000;
+    const PER_PROCESS: u16 = 200;
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let slots = (ephemeral_start.saturating_sub(FIRST) / PER_PROCESS).max(1);
+    let base = FIRST + (std::process::id() % u32::from(slots)) as u16 * PER_PROCESS;
+    for _ in 0..PER_PROCESS {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % PER_PROCESS;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + PER_PROCESS);
+}
