@@ -298,10 +298,20 @@ pub fn summary(service: &Service) -> String {
         HealthCheck::Http { path } => format!("http {path} every {:?}", service.health.period),
         HealthCheck::None => "none".to_owned(),
     };
+    let endpoints = match &service.discovery {
+        None => format!("{} endpoints", service.endpoints.len()),
+        Some(Discovery {
+            source: DiscoverySource::Dns(name),
+            ..
+        }) => format!("endpoints from DNS {name}"),
+        Some(Discovery {
+            source: DiscoverySource::Srv(name),
+            ..
+        }) => format!("endpoints from SRV {name}"),
+    };
     format!(
-        "service \"{}\": {}, {} endpoints, round robin, health {check}",
+        "service \"{}\": {}, {endpoints}, round robin, health {check}",
         service.name,
         ports.join(" "),
-        service.endpoints.len(),
     )
 }
