@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use tokio_util::sync::CancellationToken;
 use vipd::balance::Picker;
 use vipd::config::Balance;
 use vipd::service::{Endpoint, PortPool};
@@ -14,7 +15,11 @@ fn pool(endpoints: usize) -> PortPool {
     let endpoints = (0..endpoints)
         .map(|i| {
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 1));
-            Arc::new(Endpoint::new("bench", SocketAddr::new(ip, 9000)))
+            Arc::new(Endpoint::new(
+                "bench",
+                SocketAddr::new(ip, 9000),
+                &CancellationToken::new(),
+            ))
         })
         .collect();
     PortPool::new(80, endpoints, Arc::new(Picker::new(Balance::RoundRobin)))

@@ -93,11 +93,9 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, service: &ServiceState,
     };
     // The connection drains when its service stops (shutdown or reload) or its endpoint leaves
     // the service: it may run on for `drain_timeout`, then it is closed.
+    let drain = endpoint.drain_token();
     let drain_deadline = async {
-        tokio::select! {
-            _ = service.retired().cancelled() => {}
-            _ = endpoint.removed() => {}
-        }
+        drain.cancelled().await;
         sleep(settings.drain_timeout).await;
     };
     tokio::select! {

@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics as names;
 
@@ -76,8 +78,11 @@ pub struct Endpoint {
     draining: AtomicBool,
     /// Ejected by outlier detection.
     ejected: AtomicBool,
-    /// True once the endpoint left the service: established connections get `drain_timeout`.
-    removed: watch::Sender<bool>,
+    /// Cancelled when the endpoint leaves the service, or the service stops: established
+    /// connections then get `drain_timeout`. Replaced when a removed endpoint comes back.
+    drain: ArcSwap<CancellationToken>,
+    /// The service's token, parent of `drain`.
+    service_retired: CancellationToken,
     active: AtomicU64,
     total: AtomicU64,
     /// Connect failures in a row, reset by a successful connect.
@@ -89,8 +94,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A new endpoint of `service`; healthy until probed otherwise.
-    pub fn new(service: &str, addr: SocketAddr) -> Self {
+    /// A new endpoint of `service`, healthy until probed otherwise; its connections drain when
+    /// `service_retired` is cancelled or the endpoint is removed.
+    pub fn new(service: &str, addr: SocketAddr, service_retired: &CancellationToken) -> Self {
         let metrics = EndpointMetrics::new(service, addr);
         metrics.healthy.set(1.0);
         Endpoint {
@@ -98,7 +104,8 @@ impl Endpoint {
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             ejected: AtomicBool::new(false),
-            removed: watch::Sender::new(false),
+            drain: ArcSwap::from_pointee(service_retired.child_token()),
+            service_retired: service_retired.clone(),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -151,14 +158,21 @@ impl Endpoint {
     /// Marks the endpoint as gone from its service (owner task only): established connections
     /// start their drain deadline.
     pub(crate) fn set_removed(&self, removed: bool) {
-        self.removed.send_replace(removed);
+        if removed {
+            self.drain.load().cancel();
+        } else if self.drain.load().is_cancelled() {
+            // Back in the service: connections from now on drain with the service again.
+            // Connections already told to drain keep their deadline.
+            self.drain
+                .store(std::sync::Arc::new(self.service_retired.child_token()));
+        }
         self.set_draining(removed);
     }
 
-    /// Completes once the endpoint has been removed from its service.
-    pub async fn removed(&self) {
-        let mut removed = self.removed.subscribe();
-        let _ = removed.wait_for(|r| *r).await;
+    /// Cancelled when connections to this endpoint must start draining (endpoint removed, or
+    /// service stopped). Take it once per connection.
+    pub fn drain_token(&self) -> std::sync::Arc<CancellationToken> {
+        self.drain.load_full()
     }
 
     /// Waits until no connection is open to this endpoint.

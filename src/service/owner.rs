@@ -156,7 +156,11 @@ impl Owner {
                     endpoint.set_removed(false);
                     endpoint
                 }
-                None => Arc::new(Endpoint::new(self.service.name(), *addr)),
+                None => Arc::new(Endpoint::new(
+                    self.service.name(),
+                    *addr,
+                    self.service.retired(),
+                )),
             };
             tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint added");
             let member = self.new_member(endpoint);
