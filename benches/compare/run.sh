@@ -8,6 +8,7 @@
 #
 # Usage (as root, from anywhere): benches/compare/run.sh
 # Environment: RUNS (3), DURATION seconds per timed workload (4), IDLE_CONNS (5000),
+#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
 #              VIPD (path to a vipd binary; default: cargo build --release).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
 # is stopped by its PID on exit. Takes about 6 minutes with the defaults.
@@ -27,7 +28,7 @@ HTTP_PORT=8080
 BULK_PORT=5201
 declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
   [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
-TARGETS=(direct vipd haproxy haproxy-splice nginx)
+read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
 
 log() { echo "[$(date +%T)] $*" >&2; }
 

@@ -13,14 +13,20 @@
 //! [`PipePool`] while bytes are in flight, and back when its reads turn small, when no pipe
 //! is free, or when the kernel cannot splice the sockets.
 
+use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use metrics::Counter;
 use socket2::SockRef;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 use tokio::time::{Instant, sleep_until};
 
 #[cfg(target_os = "linux")]
@@ -101,17 +107,31 @@ pub async fn bidirectional_buffered(
 }
 
 async fn forward(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
     idle_timeout: Duration,
     counters: ByteCounters<'_>,
     pipes: Pipes<'_>,
 ) -> io::Result<CopyEnd> {
     let activity = Activity::new();
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
     let both = async {
         tokio::try_join!(
-            one_way(client, upstream, counters.inbound, &activity, pipes),
-            one_way(upstream, client, counters.outbound, &activity, pipes),
+            one_way(
+                client_read,
+                upstream_write.as_ref(),
+                counters.inbound,
+                &activity,
+                pipes
+            ),
+            one_way(
+                upstream_read,
+                client_write.as_ref(),
+                counters.outbound,
+                &activity,
+                pipes
+            ),
         )
     };
     tokio::select! {
@@ -122,7 +142,7 @@ async fn forward(
 
 /// Copies `source` to `destination` until EOF, then shuts `destination`'s sending side down.
 async fn one_way(
-    source: &TcpStream,
+    mut source: ReadHalf<'_>,
     destination: &TcpStream,
     counter: &Counter,
     activity: &Activity,
@@ -133,24 +153,29 @@ async fn one_way(
     #[cfg(not(target_os = "linux"))]
     let _ = pipes;
     loop {
-        source.readable().await?;
         #[cfg(target_os = "linux")]
         if splicing {
+            let source = source.as_ref();
+            // poll_read_ready rather than readable(): its future is a reference, not a
+            // 150-byte waiter.
+            poll_fn(|cx| source.poll_read_ready(cx)).await?;
             let Some(mut lease) = pipes.and_then(PipePool::acquire) else {
                 splicing = false;
                 continue;
             };
             let touch = || activity.touch();
-            match splice::pump(
+            // Boxed: a splice episode is short next to the time a connection waits, and the
+            // pump's state should not enlarge every waiting connection.
+            let pumped = Box::pin(splice::pump(
                 source,
                 destination,
                 &mut lease,
                 counter,
                 SPLICE_UNTIL,
                 &touch,
-            )
-            .await?
-            {
+            ))
+            .await?;
+            match pumped {
                 // The lease goes back to the pool here: an idle direction holds no pipe.
                 PumpEnd::SourceEmpty => {}
                 PumpEnd::Eof => break,
@@ -158,21 +183,20 @@ async fn one_way(
             }
             continue;
         }
-        let read = match pass_through(source, destination, counter) {
-            Ok(Passed::All(n)) => {
+        // The future waiting here is a reference: an idle direction costs a few words.
+        let read = match poll_fn(|cx| pass_through(cx, &mut source, destination, counter)).await? {
+            Passed::All(n) => {
                 activity.touch();
                 n
             }
-            Ok(Passed::Partly { read, rest }) => {
+            Passed::Partly { read, rest } => {
                 activity.touch();
-                write_all(destination, &rest).await?;
+                // Boxed like the splice pump: rare, and kept out of the waiting state.
+                Box::pin(write_all(destination, &rest)).await?;
                 activity.touch();
                 read
             }
-            Ok(Passed::Eof) => break,
-            // Readiness was stale; try_read has cleared it.
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(error) => return Err(error),
+            Passed::Eof => break,
         };
         #[cfg(target_os = "linux")]
         if read >= SPLICE_FROM && pipes.is_some() {
@@ -180,6 +204,11 @@ async fn one_way(
         }
         #[cfg(not(target_os = "linux"))]
         let _ = read;
+    }
+    if activity.finish_direction() {
+        // The other direction ended first, so `destination` has sent its EOF too: the close
+        // that follows at once sends our FIN, and a separate shutdown would be a wasted syscall.
+        return Ok(());
     }
     SockRef::from(destination).shutdown(Shutdown::Write)
 }
@@ -194,39 +223,45 @@ enum Passed {
     Eof,
 }
 
-/// One non-blocking read from `source` into a stack buffer, written on to `destination` at
-/// once. Not async, so the buffer never lives in a suspended connection's state.
+/// Reads from `source` into a buffer on the stack once it is readable, and writes the bytes on
+/// to `destination` at once. A poll function, not async, so the buffer never lives in a
+/// suspended connection's state; reading through `poll_read` lets tokio drop readiness after a
+/// short read, which saves the read that would only return EAGAIN.
 fn pass_through(
-    source: &TcpStream,
+    cx: &mut Context<'_>,
+    source: &mut ReadHalf<'_>,
     destination: &TcpStream,
     counter: &Counter,
-) -> io::Result<Passed> {
-    let mut buffer = [0u8; BUFFER_SIZE];
-    let n = source.try_read(&mut buffer)?;
+) -> Poll<io::Result<Passed>> {
+    let mut buffer = [const { MaybeUninit::<u8>::uninit() }; BUFFER_SIZE];
+    let mut read_buf = ReadBuf::uninit(&mut buffer);
+    ready!(Pin::new(source).poll_read(cx, &mut read_buf))?;
+    let bytes = read_buf.filled();
+    let n = bytes.len();
     if n == 0 {
-        return Ok(Passed::Eof);
+        return Poll::Ready(Ok(Passed::Eof));
     }
     // Counted when read, before the write: whoever sees the bytes arrive also sees them counted.
     counter.increment(n as u64);
-    let written = match destination.try_write(&buffer[..n]) {
+    let written = match destination.try_write(bytes) {
         Ok(written) => written,
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(error) => return Err(error),
+        Err(error) => return Poll::Ready(Err(error)),
     };
-    if written == n {
-        Ok(Passed::All(n))
+    Poll::Ready(Ok(if written == n {
+        Passed::All(n)
     } else {
-        Ok(Passed::Partly {
+        Passed::Partly {
             read: n,
-            rest: buffer[written..n].to_vec(),
-        })
-    }
+            rest: bytes[written..].to_vec(),
+        }
+    }))
 }
 
 /// Writes all of `bytes`, waiting for writability.
 async fn write_all(destination: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        destination.writable().await?;
+        poll_fn(|cx| destination.poll_write_ready(cx)).await?;
         match destination.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
@@ -242,6 +277,8 @@ struct Activity {
     start: Instant,
     /// Milliseconds after `start` of the last movement.
     last_ms: AtomicU64,
+    /// Whether one direction has already reached its end.
+    one_direction_done: AtomicBool,
 }
 
 impl Activity {
@@ -249,7 +286,13 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            one_direction_done: AtomicBool::new(false),
         }
+    }
+
+    /// Marks one direction as ended; true if the other one had ended before.
+    fn finish_direction(&self) -> bool {
+        self.one_direction_done.swap(true, Ordering::AcqRel)
     }
 
     fn touch(&self) {
