@@ -283,12 +283,19 @@ idle() {
 for RUN in $(seq "$RUNS"); do
   for target in "${TARGETS[@]}"; do
     log "run $RUN/$RUNS: $target"
+    for port in "$HTTP_PORT" "$BULK_PORT"; do
+      if [ "$target" != direct ] && ss -Hltn "sport = :$port" | grep -q "${PROXY_IP[$target]}:$port"; then
+        echo "${PROXY_IP[$target]}:$port is already in use by another process" >&2
+        exit 1
+      fi
+    done
     start_proxy "$target"
     pid=$PROXY_PID
     if [ -n "$pid" ]; then
       wait_listening "${PROXY_IP[$target]}" "$HTTP_PORT"
       wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
       sleep 1.5 # first round of health checks
+      kill -0 "$pid" 2>/dev/null || { echo "$target exited; see $WORK" >&2; exit 1; }
       idle "$target" "$pid"
     fi
     bulk "$target" "$pid" 1

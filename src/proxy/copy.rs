@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
 
 #[cfg(target_os = "linux")]
 use super::pipe_pool::PipePool;
@@ -51,6 +52,17 @@ pub enum CopyEnd {
     Complete,
     /// No bytes either way for the idle timeout.
     Idle,
+    /// Shutdown began and the drain timeout passed before the connection ended.
+    Drained,
+}
+
+/// When a forwarded connection is cut short.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits<'a> {
+    /// Close after no byte moved either way for this long.
+    pub idle_timeout: Duration,
+    /// Once this token is cancelled, close after this long.
+    pub drain: Option<(&'a CancellationToken, Duration)>,
 }
 
 /// Byte counters for the two directions.
@@ -70,17 +82,20 @@ type Pipes<'p> = Option<&'p std::convert::Infallible>;
 
 /// Forwards between `client` and `upstream` until both directions end, an error, or idleness,
 /// splicing bulk flows where the platform allows it.
-pub async fn bidirectional(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    idle_timeout: Duration,
-    counters: ByteCounters<'_>,
-) -> io::Result<CopyEnd> {
+///
+/// Not an `async fn`: it returns `forward`'s future itself, so a connection's state does not
+/// carry a second copy of the arguments.
+pub fn bidirectional<'a>(
+    client: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
+    limits: Limits<'a>,
+    counters: ByteCounters<'a>,
+) -> impl Future<Output = io::Result<CopyEnd>> + Send + 'a {
     #[cfg(target_os = "linux")]
     let pipes = Some(PipePool::global());
     #[cfg(not(target_os = "linux"))]
     let pipes = None;
-    forward(client, upstream, idle_timeout, counters, pipes).await
+    forward(client, upstream, limits, counters, pipes)
 }
 
 /// [`bidirectional`] taking pipes from `pool` (Linux only), so a caller can bound splicing
@@ -89,128 +104,144 @@ pub async fn bidirectional(
 pub async fn bidirectional_with_pipes(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    idle_timeout: Duration,
+    limits: Limits<'_>,
     counters: ByteCounters<'_>,
     pool: &PipePool,
 ) -> io::Result<CopyEnd> {
-    forward(client, upstream, idle_timeout, counters, Some(pool)).await
+    forward(client, upstream, limits, counters, Some(pool)).await
 }
 
 /// [`bidirectional`] copying through userspace only.
 pub async fn bidirectional_buffered(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    idle_timeout: Duration,
+    limits: Limits<'_>,
     counters: ByteCounters<'_>,
 ) -> io::Result<CopyEnd> {
-    forward(client, upstream, idle_timeout, counters, None).await
+    forward(client, upstream, limits, counters, None).await
 }
 
-async fn forward(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    idle_timeout: Duration,
-    counters: ByteCounters<'_>,
-    pipes: Pipes<'_>,
-) -> io::Result<CopyEnd> {
-    let activity = Activity::new();
-    let (client_read, client_write) = client.split();
-    let (upstream_read, upstream_write) = upstream.split();
-    let both = async {
-        tokio::try_join!(
-            one_way(
-                client_read,
-                upstream_write.as_ref(),
-                counters.inbound,
-                &activity,
-                pipes
-            ),
-            one_way(
-                upstream_read,
-                client_write.as_ref(),
-                counters.outbound,
-                &activity,
-                pipes
-            ),
-        )
-    };
-    tokio::select! {
-        result = both => result.map(|_| CopyEnd::Complete),
-        _ = activity.idle_for(idle_timeout) => Ok(CopyEnd::Idle),
+/// Returns an `async move` block rather than being an `async fn`, which would keep its
+/// arguments twice in every connection's state.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn forward<'a>(
+    client: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
+    limits: Limits<'a>,
+    counters: ByteCounters<'a>,
+    pipes: Pipes<'a>,
+) -> impl Future<Output = io::Result<CopyEnd>> {
+    async move {
+        let activity = Activity::new();
+        let (client_read, client_write) = client.split();
+        let (upstream_read, upstream_write) = upstream.split();
+        let both = async {
+            tokio::try_join!(
+                one_way(
+                    client_read,
+                    upstream_write.as_ref(),
+                    counters.inbound,
+                    &activity,
+                    pipes
+                ),
+                one_way(
+                    upstream_read,
+                    client_write.as_ref(),
+                    counters.outbound,
+                    &activity,
+                    pipes
+                ),
+            )
+        };
+        tokio::select! {
+            result = both => result.map(|_| CopyEnd::Complete),
+            end = activity.deadline(limits) => Ok(end),
+        }
     }
 }
 
 /// Copies `source` to `destination` until EOF, then shuts `destination`'s sending side down.
-async fn one_way(
-    mut source: ReadHalf<'_>,
-    destination: &TcpStream,
-    counter: &Counter,
-    activity: &Activity,
-    pipes: Pipes<'_>,
-) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    let mut splicing = false;
-    #[cfg(not(target_os = "linux"))]
-    let _ = pipes;
-    loop {
+/// (An `async move` block for the same reason as [`forward`].)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn one_way<'a>(
+    mut source: ReadHalf<'a>,
+    destination: &'a TcpStream,
+    counter: &'a Counter,
+    activity: &'a Activity,
+    pipes: Pipes<'a>,
+) -> impl Future<Output = io::Result<()>> {
+    async move {
         #[cfg(target_os = "linux")]
-        if splicing {
-            let source = source.as_ref();
-            // poll_read_ready rather than readable(): its future is a reference, not a
-            // 150-byte waiter.
-            poll_fn(|cx| source.poll_read_ready(cx)).await?;
-            let Some(mut lease) = pipes.and_then(PipePool::acquire) else {
-                splicing = false;
-                continue;
-            };
-            let touch = || activity.touch();
-            // Boxed: a splice episode is short next to the time a connection waits, and the
-            // pump's state should not enlarge every waiting connection.
-            let pumped = Box::pin(splice::pump(
-                source,
-                destination,
-                &mut lease,
-                counter,
-                SPLICE_UNTIL,
-                &touch,
-            ))
-            .await?;
-            match pumped {
-                // The lease goes back to the pool here: an idle direction holds no pipe.
-                PumpEnd::SourceEmpty => {}
-                PumpEnd::Eof => break,
-                PumpEnd::Small | PumpEnd::Unsupported => splicing = false,
-            }
-            continue;
-        }
-        // The future waiting here is a reference: an idle direction costs a few words.
-        let read = match poll_fn(|cx| pass_through(cx, &mut source, destination, counter)).await? {
-            Passed::All(n) => {
-                activity.touch();
-                n
-            }
-            Passed::Partly { read, rest } => {
-                activity.touch();
-                // Boxed like the splice pump: rare, and kept out of the waiting state.
-                Box::pin(write_all(destination, &rest)).await?;
-                activity.touch();
-                read
-            }
-            Passed::Eof => break,
-        };
-        #[cfg(target_os = "linux")]
-        if read >= SPLICE_FROM && pipes.is_some() {
-            splicing = true;
-        }
+        let mut splicing = false;
         #[cfg(not(target_os = "linux"))]
-        let _ = read;
+        let _ = pipes;
+        loop {
+            #[cfg(target_os = "linux")]
+            if splicing {
+                let source = source.as_ref();
+                // poll_read_ready rather than readable(): its future is a reference, not a
+                // 150-byte waiter.
+                poll_fn(|cx| source.poll_read_ready(cx)).await?;
+                let Some(lease) = pipes.and_then(PipePool::acquire) else {
+                    splicing = false;
+                    continue;
+                };
+                let touch = || activity.touch();
+                // Boxed: a splice episode is short next to the time a connection waits, and the
+                // pump's state should not enlarge every waiting connection.
+                let pumped = Box::pin(splice::pump(
+                    source,
+                    destination,
+                    lease,
+                    counter,
+                    SPLICE_UNTIL,
+                    &touch,
+                ))
+                .await?;
+                match pumped {
+                    // The pump has given the pipe back: an idle direction holds no pipe.
+                    PumpEnd::SourceEmpty => {}
+                    PumpEnd::Eof => break,
+                    PumpEnd::Small | PumpEnd::Unsupported => splicing = false,
+                }
+                continue;
+            }
+            // The future waiting here is a reference: an idle direction costs a few words.
+            let read =
+                match poll_fn(|cx| pass_through(cx, &mut source, destination, counter)).await? {
+                    Passed::All(n) => {
+                        activity.touch();
+                        n
+                    }
+                    Passed::Partly { read, rest } => {
+                        activity.touch();
+                        // Boxed like the splice pump: rare, and kept out of the waiting state.
+                        Box::pin(write_all(destination, rest)).await?;
+                        activity.touch();
+                        read
+                    }
+                    Passed::Eof => break,
+                };
+            #[cfg(target_os = "linux")]
+            if read >= SPLICE_FROM && pipes.is_some() {
+                splicing = true;
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = read;
+        }
+        if activity.finish_direction() {
+            // The other direction ended first, so `destination` has sent its EOF too: the close
+            // that follows at once sends our FIN, and a separate shutdown would be a wasted syscall.
+            return Ok(());
+        }
+        SockRef::from(destination).shutdown(Shutdown::Write)
     }
-    if activity.finish_direction() {
-        // The other direction ended first, so `destination` has sent its EOF too: the close
-        // that follows at once sends our FIN, and a separate shutdown would be a wasted syscall.
-        return Ok(());
-    }
-    SockRef::from(destination).shutdown(Shutdown::Write)
 }
 
 /// What one read-and-write step did.
@@ -259,7 +290,8 @@ fn pass_through(
 }
 
 /// Writes all of `bytes`, waiting for writability.
-async fn write_all(destination: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(destination: &TcpStream, rest: Vec<u8>) -> io::Result<()> {
+    let mut bytes = &rest[..];
     while !bytes.is_empty() {
         poll_fn(|cx| destination.poll_write_ready(cx)).await?;
         match destination.try_write(bytes) {
@@ -300,17 +332,62 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Completes once nothing moved for `timeout`; re-arms while there is traffic, so a busy
-    /// connection costs one timer wake-up per timeout, not one per read.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + timeout;
-            if Instant::now() >= deadline {
-                return;
+    /// Completes once nothing moved for the idle timeout, or once the drain timeout passed
+    /// after cancellation. One timer serves both, and it re-arms while there is traffic, so a
+    /// busy connection costs one timer wake-up per timeout, not one per read.
+    fn deadline<'a>(&'a self, limits: Limits<'a>) -> impl Future<Output = CopyEnd> + 'a {
+        let idle_timeout = limits.idle_timeout;
+        let (shutdown, drain_timeout) = match limits.drain {
+            Some((shutdown, drain_timeout)) => (Some(shutdown), drain_timeout),
+            None => (None, Duration::ZERO),
+        };
+        async move {
+            let mut drain_at: Option<Instant> = None;
+            // One timer, re-armed in place: a second Sleep would enlarge every connection's
+            // state.
+            let timer = sleep_until(self.start + idle_timeout);
+            tokio::pin!(timer);
+            loop {
+                match self.next_deadline(idle_timeout, drain_at) {
+                    Ok(at) => timer.as_mut().reset(at),
+                    Err(end) => return end,
+                }
+                tokio::select! {
+                    biased;
+                    _ = cancelled(shutdown), if drain_at.is_none() => {
+                        drain_at = Some(Instant::now() + drain_timeout);
+                    }
+                    _ = &mut timer => {}
+                }
             }
-            sleep_until(deadline).await;
         }
+    }
+
+    /// When the timer should fire next, or how the connection ends if that time has passed.
+    fn next_deadline(
+        &self,
+        idle_timeout: Duration,
+        drain_at: Option<Instant>,
+    ) -> Result<Instant, CopyEnd> {
+        let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        let idle_at = last + idle_timeout;
+        let at = drain_at.map_or(idle_at, |drain_at| drain_at.min(idle_at));
+        let now = Instant::now();
+        if now < at {
+            return Ok(at);
+        }
+        Err(match drain_at {
+            Some(drain_at) if drain_at <= now => CopyEnd::Drained,
+            _ => CopyEnd::Idle,
+        })
+    }
+}
+
+/// Completes when `shutdown` is cancelled; never without a token.
+async fn cancelled(shutdown: Option<&CancellationToken>) {
+    match shutdown {
+        Some(shutdown) => shutdown.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -381,7 +458,10 @@ mod tests {
                 inbound: &inbound_counter,
                 outbound: &outbound_counter,
             };
-            let idle = Duration::from_secs(3600);
+            let idle = Limits {
+                idle_timeout: Duration::from_secs(3600),
+                drain: None,
+            };
             match path {
                 Path::Pool(pool) => {
                     bidirectional_with_pipes(&mut proxy_client, &mut upstream, idle, counters, pool)

@@ -39,11 +39,12 @@ const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 /// empty, ends, or the flow turns small (a splice moving less than `small`). Bytes are counted
 /// on `counter` when they leave `source`; `on_progress` is called whenever bytes moved.
 ///
-/// Must be called with an empty pipe; returns with an empty pipe unless it fails.
+/// Must be called with an empty pipe; the lease is dropped on return, giving an empty pipe
+/// back to its pool (and closing one that still holds bytes after a failure).
 pub async fn pump(
     source: &TcpStream,
     destination: &TcpStream,
-    lease: &mut PipeLease<'_>,
+    mut lease: PipeLease<'_>,
     counter: &Counter,
     small: usize,
     on_progress: &(dyn Fn() + Sync),
@@ -72,7 +73,7 @@ pub async fn pump(
         counter.increment(moved_in as u64);
         lease.pending = moved_in;
         on_progress();
-        drain(lease, destination).await?;
+        drain(&mut lease, destination).await?;
         on_progress();
         if moved_in < small {
             return Ok(PumpEnd::Small);

@@ -12,7 +12,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::copy::{self, ByteCounters, CopyEnd};
+use super::copy::{self, ByteCounters, CopyEnd, Limits};
 use crate::service::{Endpoint, ServiceState};
 
 /// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
@@ -42,16 +42,19 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((client, peer)) => {
+            Ok((client, _)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let service = Arc::clone(&service);
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    if !nodelay_inherited {
-                        let _ = client.set_nodelay(true);
-                    }
-                    handle(client, peer, &service, port_index, &shutdown).await;
-                });
+                if !nodelay_inherited {
+                    let _ = client.set_nodelay(true);
+                }
+                // `handle` itself is the task: no wrapping future holding a second copy of
+                // its arguments for the connection's whole life.
+                tracker.spawn(handle(
+                    client,
+                    Arc::clone(&service),
+                    port_index,
+                    shutdown.clone(),
+                ));
             }
             Err(error) => {
                 service.metrics.accept_errors.increment(1);
@@ -86,38 +89,49 @@ fn is_transient_for_peer(error: &io::Error) -> bool {
 }
 
 /// Serves one client connection from start to end.
-async fn handle(
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps its arguments twice in its state, and this state is what every open connection costs.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn handle(
     mut client: TcpStream,
-    peer: SocketAddr,
-    service: &ServiceState,
+    service: Arc<ServiceState>,
     port_index: usize,
-    shutdown: &CancellationToken,
-) {
-    let Some((endpoint, mut upstream)) = connect(service, port_index).await else {
-        service.metrics.connections_failed.increment(1);
-        tracing::debug!(service = service.name(), %peer, "no endpoint reachable; closing client connection");
-        return;
-    };
-    let _active = endpoint.connection_opened();
-    let settings = &service.config.connection;
-    let counters = ByteCounters {
-        inbound: &endpoint.metrics.bytes_in,
-        outbound: &endpoint.metrics.bytes_out,
-    };
-    let drain_deadline = async {
-        shutdown.cancelled().await;
-        sleep(settings.drain_timeout).await;
-    };
-    tokio::select! {
-        result = copy::bidirectional(&mut client, &mut upstream, settings.idle_timeout, counters) => {
-            match result {
-                Ok(CopyEnd::Complete) => {}
-                Ok(CopyEnd::Idle) => tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), "idle timeout"),
-                Err(error) => tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), %error, "connection error"),
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> {
+    async move {
+        let service = &*service;
+        let Some((endpoint, mut upstream)) = connect(service, port_index).await else {
+            service.metrics.connections_failed.increment(1);
+            tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), "no endpoint reachable; closing client connection");
+            return;
+        };
+        let _active = endpoint.connection_opened();
+        let settings = &service.config.connection;
+        let counters = ByteCounters {
+            inbound: &endpoint.metrics.bytes_in,
+            outbound: &endpoint.metrics.bytes_out,
+        };
+        let limits = Limits {
+            idle_timeout: settings.idle_timeout,
+            drain: Some((&shutdown, settings.drain_timeout)),
+        };
+        // The peer address is not kept for the connection's life (it is state every open
+        // connection would carry); logs ask the socket for it.
+        match copy::bidirectional(&mut client, &mut upstream, limits, counters).await {
+            Ok(CopyEnd::Complete) => {}
+            Ok(CopyEnd::Idle) => {
+                tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), endpoint = %endpoint.addr(), "idle timeout")
             }
-        }
-        _ = drain_deadline => {
-            tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), "drain deadline reached; closing");
+            Ok(CopyEnd::Drained) => {
+                tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), endpoint = %endpoint.addr(), "drain deadline reached; closing")
+            }
+            Err(error) => {
+                tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), endpoint = %endpoint.addr(), %error, "connection error")
+            }
         }
     }
 }
