@@ -111,6 +111,12 @@ TICKS=$(getconf CLK_TCK)
 record() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$1" "$2" "$3" >>"$RESULTS"; }
 
 # --- backends: one nginx serving 3 addresses, one iperf3 server --------------------------
+for ip in "${BACKENDS[@]}"; do
+  if ss -Hltn "sport = :$HTTP_PORT" | grep -q "$ip:$HTTP_PORT"; then
+    echo "$ip:$HTTP_PORT is already in use by another process" >&2
+    exit 1
+  fi
+done
 mkdir -p "$WORK/backend"
 {
   echo "worker_processes 1; worker_rlimit_nofile 20000; pid $WORK/backend/nginx.pid;"
