@@ -392,6 +392,87 @@ async fn cancelled(shutdown: Option<&CancellationToken>) {
 }
 
 #[cfg(test)]
+mod deadline_tests {
+    //! The one timer behind idle timeout and drain deadline, on tokio's paused clock.
+
+    use tokio::time::timeout;
+
+    use super::*;
+
+    /// `elapsed` is `expected` up to the timer's millisecond rounding.
+    fn about(elapsed: Duration, expected: Duration) -> bool {
+        elapsed >= expected && elapsed <= expected + Duration::from_millis(5)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_pushes_the_idle_deadline_back() {
+        let activity = Activity::new();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(10),
+            drain: None,
+        };
+        let started = Instant::now();
+        let deadline = activity.deadline(limits);
+        tokio::pin!(deadline);
+        assert!(
+            timeout(Duration::from_secs(8), deadline.as_mut())
+                .await
+                .is_err()
+        );
+        activity.touch();
+        assert_eq!(deadline.await, CopyEnd::Idle);
+        assert!(
+            about(started.elapsed(), Duration::from_secs(18)),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_deadline_counts_from_cancellation() {
+        let activity = Activity::new();
+        let shutdown = CancellationToken::new();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(60),
+            drain: Some((&shutdown, Duration::from_secs(5))),
+        };
+        let started = Instant::now();
+        let deadline = activity.deadline(limits);
+        tokio::pin!(deadline);
+        assert!(
+            timeout(Duration::from_secs(30), deadline.as_mut())
+                .await
+                .is_err()
+        );
+        shutdown.cancel();
+        assert_eq!(deadline.await, CopyEnd::Drained);
+        assert!(
+            about(started.elapsed(), Duration::from_secs(35)),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_still_applies_while_draining() {
+        let activity = Activity::new();
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(3),
+            drain: Some((&shutdown, Duration::from_secs(10))),
+        };
+        let started = Instant::now();
+        assert_eq!(activity.deadline(limits).await, CopyEnd::Idle);
+        assert!(
+            about(started.elapsed(), Duration::from_secs(3)),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     //! The forwarding paths over real loopback sockets: client ⇄ (proxy side) ⇄ backend.
 
