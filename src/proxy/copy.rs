@@ -158,7 +158,7 @@ fn forward<'a>(
         };
         tokio::select! {
             result = both => result.map(|_| CopyEnd::Complete),
-            end = activity.deadline(limits) => Ok(end),
+            end = activity.deadline(&limits) => Ok(end),
         }
     }
 }
@@ -213,21 +213,20 @@ fn one_way<'a>(
                 continue;
             }
             // The future waiting here is a reference: an idle direction costs a few words.
-            let read =
-                match poll_fn(|cx| pass_through(cx, &mut source, destination, counter)).await? {
-                    Passed::All(n) => {
-                        activity.touch();
-                        n
-                    }
-                    Passed::Partly { read, rest } => {
-                        activity.touch();
-                        // Boxed like the splice pump: rare, and kept out of the waiting state.
-                        Box::pin(write_all(destination, rest)).await?;
-                        activity.touch();
-                        read
-                    }
-                    Passed::Eof => break,
-                };
+            let passed = poll_fn(|cx| pass_through(cx, &mut source, destination, counter)).await?;
+            activity.touch();
+            // Taken apart before the next await, so no temporary of the match is kept in the
+            // connection's state while a partial write waits.
+            let (read, rest) = match passed {
+                Passed::All(n) => (n, None),
+                Passed::Partly { read, rest } => (read, Some(rest)),
+                Passed::Eof => break,
+            };
+            if let Some(rest) = rest {
+                // Boxed like the splice pump: rare, and kept out of the waiting state.
+                Box::pin(write_all(destination, rest)).await?;
+                activity.touch();
+            }
             #[cfg(target_os = "linux")]
             if read >= SPLICE_FROM && pipes.is_some() {
                 splicing = true;
@@ -335,26 +334,26 @@ impl Activity {
     /// Completes once nothing moved for the idle timeout, or once the drain timeout passed
     /// after cancellation. One timer serves both, and it re-arms while there is traffic, so a
     /// busy connection costs one timer wake-up per timeout, not one per read.
-    fn deadline<'a>(&'a self, limits: Limits<'a>) -> impl Future<Output = CopyEnd> + 'a {
-        let idle_timeout = limits.idle_timeout;
-        let (shutdown, drain_timeout) = match limits.drain {
-            Some((shutdown, drain_timeout)) => (Some(shutdown), drain_timeout),
-            None => (None, Duration::ZERO),
-        };
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would store its arguments twice"
+    )]
+    fn deadline<'a>(&'a self, limits: &'a Limits<'a>) -> impl Future<Output = CopyEnd> + 'a {
         async move {
             let mut drain_at: Option<Instant> = None;
             // One timer, re-armed in place: a second Sleep would enlarge every connection's
             // state.
-            let timer = sleep_until(self.start + idle_timeout);
+            let timer = sleep_until(self.start + limits.idle_timeout);
             tokio::pin!(timer);
             loop {
-                match self.next_deadline(idle_timeout, drain_at) {
+                match self.next_deadline(limits.idle_timeout, drain_at) {
                     Ok(at) => timer.as_mut().reset(at),
                     Err(end) => return end,
                 }
                 tokio::select! {
                     biased;
-                    _ = cancelled(shutdown), if drain_at.is_none() => {
+                    _ = cancelled(limits.drain.map(|(shutdown, _)| shutdown)), if drain_at.is_none() => {
+                        let drain_timeout = limits.drain.map_or(Duration::ZERO, |(_, timeout)| timeout);
                         drain_at = Some(Instant::now() + drain_timeout);
                     }
                     _ = &mut timer => {}
@@ -412,7 +411,7 @@ mod deadline_tests {
             drain: None,
         };
         let started = Instant::now();
-        let deadline = activity.deadline(limits);
+        let deadline = activity.deadline(&limits);
         tokio::pin!(deadline);
         assert!(
             timeout(Duration::from_secs(8), deadline.as_mut())
@@ -437,7 +436,7 @@ mod deadline_tests {
             drain: Some((&shutdown, Duration::from_secs(5))),
         };
         let started = Instant::now();
-        let deadline = activity.deadline(limits);
+        let deadline = activity.deadline(&limits);
         tokio::pin!(deadline);
         assert!(
             timeout(Duration::from_secs(30), deadline.as_mut())
@@ -463,7 +462,7 @@ mod deadline_tests {
             drain: Some((&shutdown, Duration::from_secs(10))),
         };
         let started = Instant::now();
-        assert_eq!(activity.deadline(limits).await, CopyEnd::Idle);
+        assert_eq!(activity.deadline(&limits).await, CopyEnd::Idle);
         assert!(
             about(started.elapsed(), Duration::from_secs(3)),
             "{:?}",
