@@ -80,8 +80,11 @@ type Pipes<'p> = Option<&'p PipePool>;
 #[cfg(not(target_os = "linux"))]
 type Pipes<'p> = Option<&'p std::convert::Infallible>;
 
-/// Forwards between `client` and `upstream` until both directions end, an error, or idleness,
-/// splicing bulk flows where the platform allows it.
+/// Forwards between `client` and `upstream` until both directions end, an error, idleness, or
+/// the drain deadline, splicing bulk flows where the platform allows it.
+///
+/// The caller closes both streams when this returns: when both directions ended by EOF, the
+/// FIN of the direction that ended last is sent by that close rather than by a `shutdown`.
 ///
 /// Not an `async fn`: it returns `forward`'s future itself, so a connection's state does not
 /// carry a second copy of the arguments.
