@@ -4,7 +4,12 @@
 //! - [`listener`]: binding a service port.
 //! - [`tcp`]: the accept loop and per-connection handling.
 //! - [`copy`]: bidirectional forwarding with half-close and idle timeout.
+//! - `splice` and `pipe_pool` (Linux): zero-copy forwarding of bulk flows through pooled pipes.
 
 pub mod copy;
 pub mod listener;
+#[cfg(target_os = "linux")]
+pub mod pipe_pool;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod tcp;

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::copy::{self, ByteCounters, CopyEnd};
+use super::copy::{self, ByteCounters, CopyEnd, Limits};
 use crate::service::{Endpoint, ServiceState, Snapshot};
 
 /// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
@@ -29,6 +30,11 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one syscall here
+    // instead of one per connection. Small writes should not wait on Nagle: the client's own
+    // stack already decided when to send.
+    let nodelay_inherited =
+        cfg!(target_os = "linux") && SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -36,12 +42,14 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((client, peer)) => {
+            Ok((client, _)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let service = Arc::clone(&service);
-                tracker.spawn(async move {
-                    handle(client, peer, &service, port).await;
-                });
+                if !nodelay_inherited {
+                    let _ = client.set_nodelay(true);
+                }
+                // `handle` itself is the task: no wrapping future holding a second copy of
+                // its arguments for the connection's whole life.
+                tracker.spawn(handle(client, Arc::clone(&service), port));
             }
             Err(error) => {
                 service.metrics.accept_errors.increment(1);
@@ -76,49 +84,69 @@ fn is_transient_for_peer(error: &io::Error) -> bool {
 }
 
 /// Serves one client connection from start to end.
-async fn handle(mut client: TcpStream, peer: SocketAddr, service: &ServiceState, port: u16) {
-    // Small writes should not wait on Nagle: the client's own stack already decided when to send.
-    let _ = client.set_nodelay(true);
-    let snapshot = service.snapshot();
-    let Some((endpoint, mut upstream)) = connect(service, &snapshot, port).await else {
-        service.metrics.connections_failed.increment(1);
-        tracing::debug!(service = service.name(), %peer, "no endpoint reachable; closing client connection");
-        return;
-    };
-    let _active = endpoint.connection_opened();
-    let settings = &snapshot.config.connection;
-    let counters = ByteCounters {
-        inbound: &endpoint.metrics.bytes_in,
-        outbound: &endpoint.metrics.bytes_out,
-    };
-    // The connection drains when its service stops (shutdown or reload) or its endpoint leaves
-    // the service: it may run on for `drain_timeout`, then it is closed.
-    let drain = endpoint.drain_token();
-    let drain_deadline = async {
-        drain.cancelled().await;
-        sleep(settings.drain_timeout).await;
-    };
-    tokio::select! {
-        result = copy::bidirectional(&mut client, &mut upstream, settings.idle_timeout, counters) => {
-            match result {
-                Ok(CopyEnd::Complete) => {}
-                Ok(CopyEnd::Idle) => tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), "idle timeout"),
-                Err(error) => tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), %error, "connection error"),
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps its arguments twice in its state, and this state is what every open connection costs.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn handle(
+    mut client: TcpStream,
+    service: Arc<ServiceState>,
+    port: u16,
+) -> impl Future<Output = ()> {
+    async move {
+        let service = &*service;
+        let Some((endpoint, mut upstream, settings)) = connect(service, port).await else {
+            service.metrics.connections_failed.increment(1);
+            tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), "no endpoint reachable; closing client connection");
+            return;
+        };
+        let _active = endpoint.connection_opened();
+        let counters = ByteCounters {
+            inbound: &endpoint.metrics.bytes_in,
+            outbound: &endpoint.metrics.bytes_out,
+        };
+        // The connection drains when its endpoint leaves the service or the service stops
+        // (reload, shutdown): it may run on for `drain_timeout`, then it is closed.
+        let drain = endpoint.drain_token();
+        let limits = Limits {
+            idle_timeout: settings.idle_timeout,
+            drain: Some((&drain, settings.drain_timeout)),
+        };
+        // The peer address is not kept for the connection's life (it is state every open
+        // connection would carry); logs ask the socket for it.
+        match copy::bidirectional(&mut client, &mut upstream, limits, counters).await {
+            Ok(CopyEnd::Complete) => {}
+            Ok(CopyEnd::Idle) => {
+                tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), endpoint = %endpoint.addr(), "idle timeout")
             }
-        }
-        _ = drain_deadline => {
-            tracing::debug!(service = service.name(), %peer, endpoint = %endpoint.addr(), "drain deadline reached; closing");
+            Ok(CopyEnd::Drained) => {
+                tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), endpoint = %endpoint.addr(), "drain deadline reached; closing")
+            }
+            Err(error) => {
+                tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), endpoint = %endpoint.addr(), %error, "connection error")
+            }
         }
     }
 }
 
 /// Picks and connects to an endpoint of the port, trying up to `max_connect_attempts` distinct
 /// endpoints in picker order. Returns `None` when every attempt failed.
+/// The timeouts a connection keeps once connected (a copy: the snapshot is not held for the
+/// connection's life).
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    idle_timeout: Duration,
+    drain_timeout: Duration,
+}
+
 async fn connect(
     service: &ServiceState,
-    snapshot: &Snapshot,
     port: u16,
-) -> Option<(Arc<Endpoint>, TcpStream)> {
+) -> Option<(Arc<Endpoint>, TcpStream, Timeouts)> {
+    let snapshot = service.snapshot();
     // The port can be gone when a reload removed it after this connection was accepted.
     let pool = snapshot.pool(port)?;
     let (candidates, failed_open) = pool.candidates();
@@ -129,6 +157,10 @@ async fn connect(
         service.metrics.no_healthy_endpoints.increment(1);
     }
     let settings = &snapshot.config.connection;
+    let timeouts = Timeouts {
+        idle_timeout: settings.idle_timeout,
+        drain_timeout: settings.drain_timeout,
+    };
     let first = pool.picker.first(candidates.len());
     let attempts = (settings.max_connect_attempts.get() as usize).min(candidates.len());
     for offset in 0..attempts {
@@ -141,14 +173,14 @@ async fn connect(
                     .metrics
                     .connect_duration
                     .record(started.elapsed().as_secs_f64());
-                return Some((Arc::clone(endpoint), stream));
+                return Some((Arc::clone(endpoint), stream, timeouts));
             }
             Ok(Err(error)) => {
-                report_failure(service, snapshot, endpoint);
+                report_failure(service, &snapshot, endpoint);
                 tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "connect failed; trying the next endpoint");
             }
             Err(_) => {
-                report_failure(service, snapshot, endpoint);
+                report_failure(service, &snapshot, endpoint);
                 tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), timeout = ?settings.connect_timeout, "connect timed out; trying the next endpoint");
             }
         }

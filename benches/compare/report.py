@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Turns run.sh's raw results (TSV: run, target, metric, value) into a markdown table of
+medians, one column per target."""
+import statistics
+import sys
+from collections import defaultdict
+
+TARGETS = ["direct", "vipd", "haproxy", "haproxy-splice", "nginx"]
+HEADERS = {
+    "direct": "direct",
+    "vipd": "vipd",
+    "haproxy": "HAProxy tcp",
+    "haproxy-splice": "HAProxy + splice-auto",
+    "nginx": "nginx stream",
+}
+ROWS = [
+    ("bulk1_gbps", "bulk, iperf3 1 stream, Gbit/s", 2),
+    ("bulk1_cpu_s_per_gb", "bulk 1 stream, proxy CPU-s per GB", 3),
+    ("bulk8_gbps", "bulk, iperf3 8 streams, Gbit/s", 2),
+    ("bulk8_cpu_s_per_gb", "bulk 8 streams, proxy CPU-s per GB", 3),
+    ("rr_rps", "rr (wrk, keep-alive, 50 conns), requests/s", 0),
+    ("rr_p50_ms", "rr latency p50, ms", 3),
+    ("rr_p99_ms", "rr latency p99, ms", 3),
+    ("rr_cpu_us_per_req", "rr, proxy CPU-µs per request", 1),
+    ("crr_rps", "crr (wrk, `Connection: close`), requests/s", 0),
+    ("crr_p50_ms", "crr latency p50, ms", 3),
+    ("crr_p99_ms", "crr latency p99, ms", 3),
+    ("crr_cpu_us_per_req", "crr, proxy CPU-µs per request", 1),
+    ("idle_kib_per_conn", "idle: RSS per connection, KiB (5000 idle connections)", 2),
+]
+
+values = defaultdict(list)
+runs = set()
+with open(sys.argv[1]) as f:
+    for line in f:
+        run, target, metric, value = line.split("\t")
+        runs.add(run)
+        values[(target, metric)].append(float(value))
+
+print(f"Medians of {len(runs)} runs.\n")
+print("| figure | " + " | ".join(HEADERS[t] for t in TARGETS) + " |")
+print("|---|" + "---|" * len(TARGETS))
+for metric, label, digits in ROWS:
+    cells = []
+    for target in TARGETS:
+        got = values.get((target, metric))
+        cells.append(f"{statistics.median(got):.{digits}f}" if got else "—")
+    print(f"| {label} | " + " | ".join(cells) + " |")

@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# End-to-end comparison: direct vs vipd vs HAProxy (tcp, and tcp + splice-auto) vs nginx stream,
+# each proxy with 2 worker threads, round robin over the same 3 loopback backends, health checks
+# on where the proxy has them. Workloads: bulk (iperf3, 1 and 8 streams, through a one-backend
+# service), rr and crr (wrk against nginx backends), idle (N idle connections, RSS per
+# connection). Proxy CPU is utime+stime of the proxy's processes from /proc/PID/stat, before and
+# after each workload. Prints a markdown table of medians over RUNS runs.
+#
+# Usage (as root, from anywhere): benches/compare/run.sh
+# Environment: RUNS (3), DURATION seconds per timed workload (4), IDLE_CONNS (5000),
+#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
+#              VIPD (path to a vipd binary; default: cargo build --release).
+# Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
+# is stopped by its PID on exit. Takes about 6 minutes with the defaults.
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-4}
+IDLE_CONNS=${IDLE_CONNS:-5000}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+WORK=$(mktemp -d /tmp/vipd-compare.XXXXXX)
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+BACKENDS=(127.0.0.71 127.0.0.72 127.0.0.73)
+HTTP_PORT=8080
+BULK_PORT=5201
+declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
+  [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
+read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
+
+log() { echo "[$(date +%T)] $*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------
+missing=()
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v nginx >/dev/null || missing+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+command -v iperf3 >/dev/null || missing+=(iperf3)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ -z "${VIPD:-}" ]; then
+  log "building vipd (release)"
+  (cd "$ROOT" && cargo build --release --quiet --bin vipd)
+  VIPD=${CARGO_TARGET_DIR:-$ROOT/target}/release/vipd
+fi
+
+# 5000 idle connections need ~10000 descriptors in a proxy and 5000 in the client.
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((2 * IDLE_CONNS + 1000)) ] || {
+  echo "ulimit -n $(ulimit -n) is too low for $IDLE_CONNS connections" >&2
+  exit 1
+}
+
+# --- process bookkeeping: everything started is stopped by PID --------------------------
+PIDS=()
+# Stops one process started here and forgets it, so a recycled PID is never signalled later.
+stop_pid() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local kept=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
+}
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+}
+trap cleanup EXIT
+
+# Waits until something listens on IP:PORT (checked with ss: no connection is made).
+wait_listening() {
+  for _ in $(seq 100); do
+    ss -Hltn "sport = :$2" | grep -q "$1:$2" && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1:$2" >&2
+  return 1
+}
+
+# The proxy's processes: the PID and its children (nginx workers).
+proxy_pids() { echo "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); }
+# utime+stime in clock ticks, summed over the proxy's processes (fields after the comm).
+cpu_ticks() {
+  local total=0 pid stat
+  for pid in $(proxy_pids "$1"); do
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    set -- $stat
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+rss_kib() {
+  local total=0 pid
+  for pid in $(proxy_pids "$1"); do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+TICKS=$(getconf CLK_TCK)
+record() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$1" "$2" "$3" >>"$RESULTS"; }
+
+# --- backends: one nginx serving 3 addresses, one iperf3 server --------------------------
+for ip in "${BACKENDS[@]}"; do
+  if ss -Hltn "sport = :$HTTP_PORT" | grep -q "$ip:$HTTP_PORT"; then
+    echo "$ip:$HTTP_PORT is already in use by another process" >&2
+    exit 1
+  fi
+done
+mkdir -p "$WORK/backend"
+{
+  echo "worker_processes 1; worker_rlimit_nofile 20000; pid $WORK/backend/nginx.pid;"
+  echo "events { worker_connections 19000; }"
+  echo "http { access_log off; keepalive_requests 10000000;"
+  echo "  client_body_temp_path $WORK/backend; proxy_temp_path $WORK/backend;"
+  echo "  fastcgi_temp_path $WORK/backend; uwsgi_temp_path $WORK/backend; scgi_temp_path $WORK/backend;"
+  echo "  server {"
+  for ip in "${BACKENDS[@]}"; do echo "    listen $ip:$HTTP_PORT backlog=4096;"; done
+  echo "    location / { return 200 \"hello\\n\"; } } }"
+} >"$WORK/backend/nginx.conf"
+nginx -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+iperf3 -s -B "${BACKENDS[0]}" -p "$BULK_PORT" >"$WORK/iperf3-server.log" 2>&1 &
+PIDS+=($!)
+for ip in "${BACKENDS[@]}"; do wait_listening "$ip" "$HTTP_PORT"; done
+wait_listening "${BACKENDS[0]}" "$BULK_PORT"
+
+# --- proxy configs -------------------------------------------------------------------------
+write_configs() {
+  local ip=${PROXY_IP[vipd]}
+  cat >"$WORK/vipd.toml" <<EOF
+[runtime]
+workers = 2
+
+[[service]]
+name = "http"
+vip = "$ip"
+ports = [{ port = $HTTP_PORT }]
+endpoints = [$(printf '"%s:'"$HTTP_PORT"'", ' "${BACKENDS[@]}" | sed 's/, $//')]
+[service.health]
+check = "tcp"
+period = "1s"
+
+[[service]]
+name = "bulk"
+vip = "$ip"
+ports = [{ port = $BULK_PORT }]
+endpoints = ["${BACKENDS[0]}:$BULK_PORT"]
+[service.health]
+check = "tcp"
+port = $HTTP_PORT
+period = "1s"
+EOF
+  for variant in haproxy haproxy-splice; do
+    ip=${PROXY_IP[$variant]}
+    {
+      echo "global"
+      echo "  nbthread 2"
+      # Two descriptors per connection plus pipes for splicing, within this shell's limit.
+      echo "  maxconn $((($(ulimit -n) - 200) / 3))"
+      echo "defaults"
+      echo "  mode tcp"
+      echo "  balance roundrobin"
+      echo "  timeout connect 1s"
+      echo "  timeout client 1h"
+      echo "  timeout server 1h"
+      [ "$variant" = haproxy-splice ] && echo "  option splice-auto"
+      echo "frontend http_in"
+      echo "  bind $ip:$HTTP_PORT"
+      echo "  default_backend http"
+      echo "backend http"
+      local n=0
+      for b in "${BACKENDS[@]}"; do
+        n=$((n + 1))
+        echo "  server b$n $b:$HTTP_PORT check inter 1s"
+      done
+      echo "frontend bulk_in"
+      echo "  bind $ip:$BULK_PORT"
+      echo "  default_backend bulk"
+      echo "backend bulk"
+      echo "  server b1 ${BACKENDS[0]}:$BULK_PORT check port $HTTP_PORT inter 1s"
+    } >"$WORK/$variant.cfg"
+  done
+  ip=${PROXY_IP[nginx]}
+  mkdir -p "$WORK/nginx"
+  {
+    echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
+    echo "worker_processes 2; worker_rlimit_nofile 20000; pid $WORK/nginx/nginx.pid;"
+    echo "events { worker_connections 19000; }"
+    echo "stream {"
+    echo "  upstream http {"
+    for b in "${BACKENDS[@]}"; do echo "    server $b:$HTTP_PORT;"; done
+    echo "  }"
+    echo "  upstream bulk { server ${BACKENDS[0]}:$BULK_PORT; }"
+    echo "  server { listen $ip:$HTTP_PORT backlog=4096; proxy_pass http; }"
+    echo "  server { listen $ip:$BULK_PORT; proxy_pass bulk; }"
+    echo "}"
+  } >"$WORK/nginx/nginx.conf"
+}
+write_configs
+
+# Starts the proxy for a target and sets PROXY_PID ("" for direct).
+start_proxy() {
+  PROXY_PID=
+  case $1 in
+    direct) return 0 ;;
+    vipd) "$VIPD" run --config "$WORK/vipd.toml" >"$WORK/vipd.log" 2>&1 & ;;
+    haproxy | haproxy-splice) haproxy -db -f "$WORK/$1.cfg" >"$WORK/$1.log" 2>&1 & ;;
+    nginx) nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
+      -g 'daemon off;' >"$WORK/nginx.log" 2>&1 & ;;
+  esac
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+}
+
+# --- workloads -----------------------------------------------------------------------------
+# bulk STREAMS: iperf3 client → proxy → iperf3 server.
+bulk() {
+  local target=$1 pid=$2 streams=$3 ip=${PROXY_IP[$1]} before after out
+  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  out=$(timeout $((DURATION + 20)) iperf3 -c "$ip" -p "$BULK_PORT" -t "$DURATION" -P "$streams" -J)
+  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  read -r bytes bps < <(python3 -c 'import json,sys; s=json.load(sys.stdin)["end"]["sum_received"]; print(int(s["bytes"]), s["bits_per_second"])' <<<"$out")
+  record "$target" "bulk${streams}_gbps" "$(python3 -c "print($bps / 1e9)")"
+  [ -n "$pid" ] && record "$target" "bulk${streams}_cpu_s_per_gb" \
+    "$(python3 -c "print(($after - $before) / $TICKS / ($bytes / 1e9))")"
+  return 0
+}
+
+# Latency in ms from a wrk figure such as 812.00us, 1.20ms, 1.01s.
+to_ms() { python3 -c "
+v='$1'
+for unit, scale in (('us', 1e-3), ('ms', 1.0), ('s', 1e3)):
+    if v.endswith(unit):
+        print(float(v[:-len(unit)]) * scale); break"; }
+
+# http NAME [wrk args]: wrk -t1 -c50 against the proxy's http port.
+http() {
+  local name=$1 target=$2 pid=$3; shift 3
+  local ip=${PROXY_IP[$target]} before after out requests
+  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  out=$(timeout $((DURATION + 20)) wrk -t1 -c50 -d"${DURATION}s" --latency "$@" "http://$ip:$HTTP_PORT/")
+  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  record "$target" "${name}_rps" "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+  record "$target" "${name}_p50_ms" "$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")"
+  record "$target" "${name}_p99_ms" "$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
+  [ -n "$pid" ] && record "$target" "${name}_cpu_us_per_req" \
+    "$(python3 -c "print(($after - $before) / $TICKS * 1e6 / $requests)")"
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+    log "$target $name: $(grep "Non-2xx\|Socket errors" <<<"$out" | tr '\n' ' ')"
+  fi
+  return 0
+}
+
+# Established connections on the backends' http port (the backend side of each).
+backend_conns() { ss -Htn state established "sport = :$HTTP_PORT" | grep -c "127.0.0.7[123]:$HTTP_PORT" || true; }
+
+# idle: RSS growth of the proxy per idle proxied connection.
+idle() {
+  local target=$1 pid=$2 ip=${PROXY_IP[$1]} before after holder base
+  base=$(backend_conns)
+  before=$(rss_kib "$pid")
+  rm -f "$WORK/idle.ready"
+  python3 "$HERE/idle.py" "$ip" "$HTTP_PORT" "$IDLE_CONNS" "$WORK/idle.ready" 60 &
+  holder=$!
+  PIDS+=("$holder")
+  for _ in $(seq 300); do
+    [ -e "$WORK/idle.ready" ] && [ "$(backend_conns)" -ge $((base + IDLE_CONNS)) ] && break
+    sleep 0.1
+  done
+  sleep 0.5 # let the proxy finish any per-connection setup work after the backend accepted
+  after=$(rss_kib "$pid")
+  stop_pid "$holder"
+  record "$target" idle_kib_per_conn "$(python3 -c "print(($after - $before) / $IDLE_CONNS)")"
+}
+
+# --- runs ----------------------------------------------------------------------------------
+for RUN in $(seq "$RUNS"); do
+  for target in "${TARGETS[@]}"; do
+    log "run $RUN/$RUNS: $target"
+    for port in "$HTTP_PORT" "$BULK_PORT"; do
+      if [ "$target" != direct ] && ss -Hltn "sport = :$port" | grep -q "${PROXY_IP[$target]}:$port"; then
+        echo "${PROXY_IP[$target]}:$port is already in use by another process" >&2
+        exit 1
+      fi
+    done
+    start_proxy "$target"
+    pid=$PROXY_PID
+    if [ -n "$pid" ]; then
+      wait_listening "${PROXY_IP[$target]}" "$HTTP_PORT"
+      wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
+      sleep 1.5 # first round of health checks
+      kill -0 "$pid" 2>/dev/null || { echo "$target exited; see $WORK" >&2; exit 1; }
+      idle "$target" "$pid"
+    fi
+    bulk "$target" "$pid" 1
+    bulk "$target" "$pid" 8
+    http rr "$target" "$pid"
+    http crr "$target" "$pid" -H "Connection: close"
+    if [ -n "$pid" ]; then stop_pid "$pid"; fi
+  done
+done
+
+python3 "$HERE/report.py" "$RESULTS"
+echo
+echo "raw results: $RESULTS"
