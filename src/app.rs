@@ -458,7 +458,7 @@ impl Running {
             inbox,
             listeners,
         } = service;
-        self.control.spawn(owner::run(Arc::clone(&state), inbox));
+        self.control.spawn(owner::start(Arc::clone(&state), inbox));
         for (configured, listener) in listeners {
             self.open_listener(&state, configured, listener);
         }
@@ -574,7 +574,7 @@ impl Running {
             let name = &service_config.name;
             let state = if changes.added.contains(name) {
                 let (state, inbox) = ServiceState::new(service_config.clone(), &self.root);
-                self.control.spawn(owner::run(Arc::clone(&state), inbox));
+                self.control.spawn(owner::start(Arc::clone(&state), inbox));
                 tracing::info!(service = %name, "service added");
                 state
             } else {

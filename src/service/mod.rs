@@ -156,7 +156,7 @@ pub struct ServiceState {
     pub metrics: ServiceMetrics,
 }
 
-/// The receiving end of a service's commands, handed to [`owner::run`].
+/// The receiving end of a service's commands, handed to [`owner::start`].
 #[derive(Debug)]
 pub struct Inbox(mpsc::Receiver<Command>);
 

@@ -11,6 +11,7 @@
 //! service's `drain_timeout`, and it is forgotten when the last one closes.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -49,8 +50,11 @@ struct Member {
     ejection: u64,
 }
 
-/// Runs the owner of `service` until it retires.
-pub async fn run(service: Arc<ServiceState>, inbox: Inbox) {
+/// Starts the owner of `service`: publishes the first snapshot now (static endpoints are in it
+/// before any listener opens) and returns the task that runs until the service retires.
+///
+/// Must be called inside a tokio runtime (probes start at once).
+pub fn start(service: Arc<ServiceState>, inbox: Inbox) -> impl Future<Output = ()> + Send {
     let Inbox(commands) = inbox;
     let (reports_tx, reports) = mpsc::channel(256);
     let config = service.config();
@@ -66,7 +70,8 @@ pub async fn run(service: Arc<ServiceState>, inbox: Inbox) {
         background: JoinSet::new(),
         next_ejection: 0,
     };
-    owner.run(commands, reports).await;
+    owner.apply_endpoint_set();
+    async move { owner.run(commands, reports).await }
 }
 
 struct Owner {
@@ -90,8 +95,6 @@ impl Owner {
         mut reports: mpsc::Receiver<ProbeReport>,
     ) {
         let retired = self.service.retired().clone();
-        // The first set may already be there (static endpoints).
-        self.apply_endpoint_set();
         loop {
             tokio::select! {
                 _ = retired.cancelled() => break,

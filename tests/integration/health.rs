@@ -1,26 +1,17 @@
 //! Active health checks against real backends: flips after thresholds, traffic follows.
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use vipd::config::HealthCheck;
 use vipd::service::Change;
 
 use crate::support::backend::{Behaviour, HttpBackend};
 use crate::support::harness::with_health;
+use crate::support::name_through;
 use crate::support::{Backend, Running, next_change, service};
 
 const PERIOD: Duration = Duration::from_millis(50);
-
-async fn name_through(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
-}
 
 #[tokio::test]
 async fn tcp_check_marks_down_and_up_and_traffic_follows() {

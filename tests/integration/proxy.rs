@@ -11,15 +11,8 @@ use vipd::config::HealthCheck;
 
 use crate::support::backend::Behaviour;
 use crate::support::harness::with_health;
+use crate::support::name_through;
 use crate::support::{Backend, Running, service, within};
-
-/// Connects through vipd and reads everything the backend says.
-async fn read_all_through(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to vipd");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("read");
-    text
-}
 
 async fn named_backends(n: usize) -> Vec<Backend> {
     let mut backends = Vec::new();
@@ -38,7 +31,7 @@ async fn round_robin_spreads_connections_exactly() {
 
     let mut hits: HashMap<String, usize> = HashMap::new();
     for _ in 0..300 {
-        *hits.entry(read_all_through(vip).await).or_default() += 1;
+        *hits.entry(name_through(vip).await).or_default() += 1;
     }
     for backend in &backends {
         assert_eq!(hits.get(&backend.name), Some(&100), "hits: {hits:?}");
@@ -64,7 +57,7 @@ async fn dead_endpoint_costs_no_client_connection() {
     let dead = backends[1].name.clone();
     let mut hits: HashMap<String, usize> = HashMap::new();
     for i in 0..100 {
-        let answer = read_all_through(vip).await;
+        let answer = name_through(vip).await;
         assert!(!answer.is_empty(), "connection {i} got nothing");
         *hits.entry(answer).or_default() += 1;
     }
@@ -86,7 +79,7 @@ async fn every_endpoint_down_closes_the_client_connection() {
         backend.stop().await;
     }
     let vipd = Running::start(vec![service("all-down", &addrs)], false).await;
-    assert_eq!(read_all_through(vipd.addr("all-down")).await, "");
+    assert_eq!(name_through(vipd.addr("all-down")).await, "");
 }
 
 #[tokio::test]
@@ -111,7 +104,7 @@ async fn no_healthy_endpoint_fails_open() {
     if endpoint.is_healthy() {
         crate::support::next_change(&mut events, backend.addr, vipd::service::Change::Down).await;
     }
-    assert_eq!(read_all_through(vipd.addr("fail-open")).await, "only");
+    assert_eq!(name_through(vipd.addr("fail-open")).await, "only");
 }
 
 #[tokio::test]
@@ -252,10 +245,7 @@ async fn connect_timeout_moves_on_to_the_next_endpoint() {
     let vipd = Running::start(vec![svc], false).await;
     // The first connection starts at the black hole, times out, and moves on.
     for _ in 0..2 {
-        assert_eq!(
-            read_all_through(vipd.addr("connect-timeout")).await,
-            "alive"
-        );
+        assert_eq!(name_through(vipd.addr("connect-timeout")).await, "alive");
     }
     let service = vipd.service("connect-timeout");
     let hole_endpoint = &service.endpoints()[0];
@@ -275,9 +265,9 @@ async fn max_connect_attempts_bounds_failover() {
     let vipd = Running::start(vec![svc], false).await;
     let vip = vipd.addr("attempts");
     // Starts at dead[0]: two attempts (dead[0], dead[1]) are all it may make.
-    assert_eq!(read_all_through(vip).await, "");
+    assert_eq!(name_through(vip).await, "");
     // Starts at dead[1]: the second attempt reaches the live endpoint.
-    assert_eq!(read_all_through(vip).await, "alive");
+    assert_eq!(name_through(vip).await, "alive");
     // Starts at the live endpoint.
-    assert_eq!(read_all_through(vip).await, "alive");
+    assert_eq!(name_through(vip).await, "alive");
 }

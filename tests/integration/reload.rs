@@ -14,20 +14,7 @@ use crate::support::free_port;
 use crate::support::harness::config;
 use crate::support::http::Response;
 use crate::support::{Backend, Running, next_change, service, within};
-
-async fn round_trip(stream: &mut TcpStream, message: &[u8]) {
-    stream.write_all(message).await.unwrap();
-    let mut back = vec![0u8; message.len()];
-    within("echo", stream.read_exact(&mut back)).await.unwrap();
-    assert_eq!(back, message);
-}
-
-async fn name_through(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
-}
+use crate::support::{echo_round_trip, name_through};
 
 #[tokio::test]
 async fn reload_adds_removes_and_changes_services_while_others_keep_serving() {
@@ -52,7 +39,7 @@ async fn reload_adds_removes_and_changes_services_while_others_keep_serving() {
     let mut long_lived = TcpStream::connect(vipd.addr("reload-steady"))
         .await
         .unwrap();
-    round_trip(&mut long_lived, b"before the reload").await;
+    echo_round_trip(&mut long_lived, b"before the reload").await;
     assert_eq!(name_through(vipd.addr("reload-changing")).await, "old");
 
     let mut after = before.clone();
@@ -64,9 +51,12 @@ async fn reload_adds_removes_and_changes_services_while_others_keep_serving() {
         .push(service("reload-added", &[new_backend.addr]));
     let summary = vipd.state.apply(after).await.expect("reload applies");
     assert!(summary.contains("reload-added"), "{summary}");
+    // A service is published with its endpoints before its listener opens.
+    let added = vipd.service("reload-added").snapshot();
+    assert_eq!(added.ports[0].endpoints.len(), 1);
 
     // The unchanged service's connection never noticed.
-    round_trip(&mut long_lived, &[42u8; 100_000]).await;
+    echo_round_trip(&mut long_lived, &[42u8; 100_000]).await;
     assert_eq!(name_through(vipd.addr("reload-changing")).await, "new");
     assert_eq!(name_through(vipd.addr("reload-added")).await, "new");
     assert_eq!(
@@ -89,7 +79,7 @@ async fn reload_adds_removes_and_changes_services_while_others_keep_serving() {
         vipd.addr("reload-moving"),
         SocketAddr::from(([127, 0, 0, 1], second_port))
     );
-    round_trip(&mut long_lived, b"after the reload").await;
+    echo_round_trip(&mut long_lived, b"after the reload").await;
 }
 
 #[tokio::test]
@@ -124,7 +114,7 @@ async fn removed_endpoint_keeps_its_connections_until_they_end() {
     let mut established = TcpStream::connect(vipd.addr("remove-endpoint"))
         .await
         .unwrap();
-    round_trip(&mut established, b"hello").await;
+    echo_round_trip(&mut established, b"hello").await;
 
     let mut after = before.clone();
     after.services[0].endpoints.remove(0);
@@ -141,7 +131,7 @@ async fn removed_endpoint_keeps_its_connections_until_they_end() {
     for _ in 0..3 {
         assert_eq!(name_through(vipd.addr("remove-endpoint")).await, "staying");
     }
-    round_trip(&mut established, b"still here").await;
+    echo_round_trip(&mut established, b"still here").await;
     assert_eq!(endpoint.connections_total(), 1);
 
     drop(established);
@@ -160,7 +150,7 @@ async fn removed_endpoint_connections_close_at_the_drain_deadline() {
     let mut established = TcpStream::connect(vipd.addr("remove-deadline"))
         .await
         .unwrap();
-    round_trip(&mut established, b"hello").await;
+    echo_round_trip(&mut established, b"hello").await;
     let mut after = before.clone();
     after.services[0].endpoints.remove(0);
     vipd.state.apply(after).await.unwrap();

@@ -7,14 +7,8 @@ use tokio::net::TcpStream;
 use vipd::app::Phase;
 
 use crate::support::backend::Behaviour;
+use crate::support::echo_round_trip;
 use crate::support::{Backend, Running, service, within};
-
-async fn round_trip(stream: &mut TcpStream, message: &[u8]) {
-    stream.write_all(message).await.unwrap();
-    let mut back = vec![0u8; message.len()];
-    within("echo", stream.read_exact(&mut back)).await.unwrap();
-    assert_eq!(back, message);
-}
 
 #[tokio::test]
 async fn established_connections_finish_while_new_ones_are_refused() {
@@ -22,13 +16,13 @@ async fn established_connections_finish_while_new_ones_are_refused() {
     let vipd = Running::start(vec![service("drain", &[backend.addr])], false).await;
     let vip = vipd.addr("drain");
     let mut established = TcpStream::connect(vip).await.unwrap();
-    round_trip(&mut established, b"before").await;
+    echo_round_trip(&mut established, b"before").await;
 
     vipd.shutdown.cancel();
     within("draining", vipd.state.reached(Phase::Draining)).await;
     let refused = TcpStream::connect(vip).await.unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-    round_trip(&mut established, b"during the drain").await;
+    echo_round_trip(&mut established, b"during the drain").await;
     assert_eq!(vipd.state.phase(), Phase::Draining);
 
     established.shutdown().await.unwrap();
@@ -46,7 +40,7 @@ async fn drain_deadline_closes_what_is_left() {
     let mut lingering = TcpStream::connect(vipd.addr("drain-deadline"))
         .await
         .unwrap();
-    round_trip(&mut lingering, b"hello").await;
+    echo_round_trip(&mut lingering, b"hello").await;
 
     vipd.stop().await.unwrap();
     let mut rest = Vec::new();

@@ -67,3 +67,25 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port in {base}..{}", base + PER_PROCESS);
 }
+
+/// Connects to `addr` and reads everything until the far end closes (what a name backend says).
+pub async fn name_through(addr: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect through vipd");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    text
+}
+
+/// Sends `message` on `stream` and expects it echoed back whole.
+pub async fn echo_round_trip(stream: &mut tokio::net::TcpStream, message: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(message).await.expect("send");
+    let mut back = vec![0u8; message.len()];
+    within("echo", stream.read_exact(&mut back))
+        .await
+        .expect("echo");
+    assert_eq!(back, message);
+}
