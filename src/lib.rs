@@ -4,19 +4,22 @@
 //! - [`config`]: the TOML file → raw serde structs → validated, typed [`config::Config`].
 //! - [`service`]: per-service state shared by control and data plane: endpoints with live
 //!   counters, the immutable snapshot the data plane reads lock-free, and the owner task that
-//!   rebuilds it when health changes.
+//!   rebuilds it when endpoints, health, drains, ejections or settings change.
 //! - [`discovery`]: endpoints from DNS (A/AAAA or SRV), re-resolved as TTLs expire and sent
 //!   as whole sets to the service's owner task.
 //! - [`health`]: the health state machine (pure) and the probes (tcp, http) around it.
 //! - [`balance`]: pickers that choose an endpoint for a new connection.
-//! - [`proxy`]: the data plane: accept, pick, connect with failover, copy both ways.
-//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`).
-//! - [`status`]: the `/status` document and the trait the admin server reads it through.
+//! - [`proxy`]: the data plane: accept, pick, connect with failover, copy both ways (splice(2)
+//!   for bulk flows on Linux).
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`, and the
+//!   `POST` endpoints `/reload`, `/endpoints/drain`, `/endpoints/undrain`).
+//! - [`status`]: the `/status` document and the trait the admin server works through.
 //! - [`metrics`]: every metric name with its help text, and the Prometheus recorder.
-//! - [`shutdown`]: OS signals turned into cancellation.
+//! - [`shutdown`]: OS signals: SIGTERM/SIGINT to cancellation, SIGHUP to a reload.
 //! - [`vip`]: VIP ownership: adds managed VIPs to interfaces over netlink and announces them.
 //! - [`notify`]: systemd readiness, reload, stop and watchdog notifications.
-//! - [`app`]: binds everything from a config and runs it until cancelled; used by `main` and tests.
+//! - [`app`]: binds everything from a config, runs it until cancelled, applies reloads; used by
+//!   `main` and tests.
 //! - [`dns`]: the DNS server answering `<service>.<zone>` with VIPs and SRV ports.
 //! - [`demo`]: the self-contained `vipd demo`.
 #![forbid(unsafe_code)]
