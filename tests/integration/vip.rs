@@ -267,3 +267,29 @@ fn gratuitous_arp_is_seen_on_the_veth_peer() {
     );
     stop(vipd);
 }
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn without_cap_net_admin_the_error_names_the_capability() {
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vipd.toml");
+    std::fs::write(
+        &path,
+        "[[service]]\nname = \"web\"\nvip = \"10.77.0.2\"\nports = [{ port = 8000 }]\n\
+         endpoints = [\"127.0.0.1:9\"]\nmanage_vip = true\n",
+    )
+    .unwrap();
+    // Root, but with CAP_NET_ADMIN dropped from every set before vipd starts.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"])
+        .args([VIPD, "run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    assert!(!ns.addresses("lo").contains("10.77.0.2"));
+}
