@@ -60,17 +60,33 @@ struct ReloadRequest {
     respond: Option<oneshot::Sender<Result<String, String>>>,
 }
 
+/// What the run loop is asked to do while serving.
+#[derive(Debug)]
+enum RunRequest {
+    /// Reload the config.
+    Reload(ReloadRequest),
+    /// A removed service's last connection closed: its VIP may go.
+    ServiceDrained,
+}
+
+impl From<ReloadRequest> for RunRequest {
+    fn from(request: ReloadRequest) -> Self {
+        RunRequest::Reload(request)
+    }
+}
+
 /// Asks a running app to reload its config file (SIGHUP, `--watch`).
 #[derive(Debug, Clone)]
-pub struct ReloadTrigger(mpsc::Sender<ReloadRequest>);
+pub struct ReloadTrigger(mpsc::Sender<RunRequest>);
 
 impl ReloadTrigger {
     /// Requests a reload from the config file without waiting for its outcome (it is logged).
     pub fn request(&self) {
-        let _ = self.0.try_send(ReloadRequest {
+        let request = ReloadRequest {
             source: ReloadSource::File,
             respond: None,
-        });
+        };
+        let _ = self.0.try_send(request.into());
     }
 }
 
@@ -79,7 +95,7 @@ impl ReloadTrigger {
 pub struct AppState {
     services: ArcSwap<Vec<Arc<ServiceState>>>,
     phase: watch::Sender<Phase>,
-    reloads: mpsc::Sender<ReloadRequest>,
+    reloads: mpsc::Sender<RunRequest>,
 }
 
 impl AppState {
@@ -129,7 +145,10 @@ impl AppState {
             respond: Some(respond),
         };
         let stopped = || "vipd is shutting down".to_owned();
-        self.reloads.send(request).await.map_err(|_| stopped())?;
+        self.reloads
+            .send(request.into())
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -168,7 +187,7 @@ impl AdminSource for AppState {
                 respond: Some(respond),
             };
             let stopped = || "vipd is shutting down".to_owned();
-            reloads.send(request).await.map_err(|_| stopped())?;
+            reloads.send(request.into()).await.map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())?
         })
     }
@@ -203,7 +222,7 @@ pub struct App {
     admin: Option<(TcpListener, Option<Secret>)>,
     dns: Option<DnsBound>,
     vips: Option<VipManager>,
-    reload_requests: mpsc::Receiver<ReloadRequest>,
+    reload_requests: mpsc::Receiver<RunRequest>,
     /// Parent of every service's token: cancelled at shutdown.
     root: CancellationToken,
 }
@@ -373,6 +392,7 @@ impl App {
             reload_results: reload_counters(),
             dns_records,
             vips: vips.clone(),
+            lingering: Vec::new(),
         };
         if watch_file && let Some(path) = running.config_path.clone() {
             // Read before serving starts, so a change made right after start is not taken as
@@ -390,12 +410,15 @@ impl App {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(request) = reload_requests.recv() => {
-                    let outcome = running.reload(request.source).await.map_err(|e| format!("{e:#}"));
-                    if let Some(respond) = request.respond {
-                        let _ = respond.send(outcome);
+                Some(request) = reload_requests.recv() => match request {
+                    RunRequest::Reload(request) => {
+                        let outcome = running.reload(request.source).await.map_err(|e| format!("{e:#}"));
+                        if let Some(respond) = request.respond {
+                            let _ = respond.send(outcome);
+                        }
                     }
-                }
+                    RunRequest::ServiceDrained => running.release_drained_vips().await,
+                },
             }
         }
         drop(reload_requests);
@@ -449,6 +472,8 @@ struct Running {
     dns_records: Option<watch::Sender<Arc<ServiceRecords>>>,
     /// VIPs held on interfaces.
     vips: Option<Arc<tokio::sync::Mutex<VipManager>>>,
+    /// Removed services with managed VIPs whose connections are still draining.
+    lingering: Vec<Arc<ServiceState>>,
 }
 
 impl Running {
@@ -557,6 +582,9 @@ impl Running {
         for name in &changes.removed {
             if let Some(service) = self.state.service(name) {
                 service.retire();
+                if service.config().manage_vip {
+                    self.keep_vip_while_draining(service);
+                }
             }
             let addrs: Vec<SocketAddr> = self
                 .listeners
@@ -612,9 +640,42 @@ impl Running {
         Ok(changes.summary())
     }
 
-    /// Makes the held VIPs those of `config` (adding new ones, releasing ones no longer used).
+    /// Keeps the VIP of a removed service until its last connection closes (its connections
+    /// use the VIP as their local address), then asks the run loop to release it.
+    fn keep_vip_while_draining(&mut self, service: Arc<ServiceState>) {
+        let requests = self.state.reloads.clone();
+        let endpoints = service.endpoints();
+        self.control.spawn(async move {
+            for endpoint in &endpoints {
+                endpoint.idle().await;
+            }
+            let _ = requests.send(RunRequest::ServiceDrained).await;
+        });
+        self.lingering.push(service);
+    }
+
+    /// Releases the VIPs of removed services whose connections have all closed.
+    async fn release_drained_vips(&mut self) {
+        self.lingering.retain(|service| {
+            service
+                .endpoints()
+                .iter()
+                .any(|e| e.active_connections() > 0)
+        });
+        let config = self.config.clone();
+        self.reconcile_vips(&config).await;
+    }
+
+    /// Makes the held VIPs those of `config` plus those of removed services still draining
+    /// (adding new ones, releasing ones no longer used).
     async fn reconcile_vips(&mut self, config: &Config) {
-        let desired = DesiredVip::from_services(&config.services);
+        let lingering: Vec<config::Service> = self
+            .lingering
+            .iter()
+            .map(|s| s.config().as_ref().clone())
+            .collect();
+        let mut desired = DesiredVip::from_services(&config.services);
+        desired.extend(DesiredVip::from_services(&lingering));
         if self.vips.is_none() && !desired.is_empty() {
             match VipManager::new() {
                 Ok(manager) => {

@@ -283,7 +283,11 @@ fn without_cap_net_admin_the_error_names_the_capability() {
     // Root, but with CAP_NET_ADMIN dropped from every set before vipd starts.
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name])
-        .args(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"])
+        .args([
+            "setpriv",
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+        ])
         .args([VIPD, "run", "--config"])
         .arg(&path)
         .output()
@@ -292,4 +296,71 @@ fn without_cap_net_admin_the_error_names_the_capability() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
     assert!(!ns.addresses("lo").contains("10.77.0.2"));
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn a_removed_service_keeps_its_vip_until_its_connections_end() {
+    let ns = Netns::new();
+    // An echo backend inside the namespace.
+    let backend = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let backend_addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in backend.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let service = |name: &str, vip: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nports = [{{ port = 8000 }}]\n\
+             endpoints = [\"{backend_addr}\"]\nmanage_vip = true\ndrain_timeout = \"1h\"\n\
+             [service.health]\ncheck = \"none\"\n"
+        )
+    };
+    let mut vipd = ns.vipd(
+        dir.path(),
+        &(service("stays", "10.77.0.3") + &service("goes", "10.77.0.4")),
+    );
+    // A connection through the VIP that outlives the service's removal.
+    let echo = |stream: &mut TcpStream, text: &[u8]| {
+        stream.write_all(text).unwrap();
+        let mut back = vec![0u8; text.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back, text);
+    };
+    let mut established = ns.run(move || {
+        let stream = TcpStream::connect_timeout(
+            &("10.77.0.4".parse::<IpAddr>().unwrap(), 8000).into(),
+            GUARD,
+        )
+        .expect("connect to VIP");
+        stream.set_read_timeout(Some(GUARD)).unwrap();
+        stream
+    });
+    echo(&mut established, b"before");
+
+    std::fs::write(dir.path().join("vipd.toml"), service("stays", "10.77.0.3")).unwrap();
+    vipd.signal(Signal::HUP);
+    vipd.wait_for("config reloaded");
+    // The removed service's VIP stays while its connection lives, and the connection works.
+    assert!(ns.addresses("lo").contains("10.77.0.4/32"));
+    echo(&mut established, b"after the reload");
+
+    drop(established);
+    // Once the connection is gone the VIP goes too; the address table gives no event.
+    let deadline = std::time::Instant::now() + GUARD;
+    while ns.addresses("lo").contains("10.77.0.4/32") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VIP of the removed service kept"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ns.addresses("lo").contains("10.77.0.3/32"));
+    stop(vipd);
 }
