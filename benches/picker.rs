@@ -2,27 +2,21 @@
 //! candidates, at 3 and 1000 endpoints. Run with `cargo bench --bench picker`.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokio_util::sync::CancellationToken;
 use vipd::balance::Picker;
 use vipd::config::Balance;
-use vipd::service::{Endpoint, PortPool};
+use vipd::service::PortPool;
 
-fn pool(endpoints: usize) -> PortPool {
-    let endpoints = (0..endpoints)
-        .map(|i| {
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 1));
-            Arc::new(Endpoint::new(
-                "bench",
-                SocketAddr::new(ip, 9000),
-                &CancellationToken::new(),
-            ))
-        })
-        .collect();
-    PortPool::new(80, endpoints, Arc::new(Picker::new(Balance::RoundRobin)))
+mod support;
+
+fn pool(count: usize) -> PortPool {
+    PortPool::new(
+        80,
+        support::endpoints(count),
+        Arc::new(Picker::new(Balance::RoundRobin)),
+    )
 }
 
 fn pick(c: &mut Criterion) {

@@ -3,27 +3,15 @@
 //! Run with `cargo bench --bench snapshot`.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use tokio_util::sync::CancellationToken;
 use vipd::balance::Picker;
 use vipd::config::Balance;
-use vipd::service::{Endpoint, PortPool};
+use vipd::service::PortPool;
 
-fn endpoints(count: usize) -> Vec<Arc<Endpoint>> {
-    (0..count)
-        .map(|i| {
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250) as u8 + 1));
-            Arc::new(Endpoint::new(
-                "bench",
-                SocketAddr::new(ip, 9000),
-                &CancellationToken::new(),
-            ))
-        })
-        .collect()
-}
+mod support;
+use support::endpoints;
 
 fn rebuild(c: &mut Criterion) {
     let picker = Arc::new(Picker::new(Balance::RoundRobin));

@@ -130,27 +130,28 @@ impl AppState {
 
     /// Reloads the config file; answers a summary of the changes or why nothing changed.
     pub async fn reload(&self) -> Result<String, String> {
-        self.request(ReloadSource::File).await
+        request_reload(self.reloads.clone(), ReloadSource::File).await
     }
 
     /// Applies `config` as a reload would; answers a summary of the changes or the error.
     pub async fn apply(&self, config: Config) -> Result<String, String> {
-        self.request(ReloadSource::Config(Box::new(config))).await
+        request_reload(self.reloads.clone(), ReloadSource::Config(Box::new(config))).await
     }
+}
 
-    async fn request(&self, source: ReloadSource) -> Result<String, String> {
-        let (respond, answer) = oneshot::channel();
-        let request = ReloadRequest {
-            source,
-            respond: Some(respond),
-        };
-        let stopped = || "vipd is shutting down".to_owned();
-        self.reloads
-            .send(request.into())
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
+/// Sends a reload to the run loop and waits for its outcome.
+async fn request_reload(
+    reloads: mpsc::Sender<RunRequest>,
+    source: ReloadSource,
+) -> Result<String, String> {
+    let (respond, answer) = oneshot::channel();
+    let request = ReloadRequest {
+        source,
+        respond: Some(respond),
+    };
+    let stopped = || "vipd is shutting down".to_owned();
+    reloads.send(request.into()).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
 }
 
 impl AdminSource for AppState {
@@ -179,17 +180,7 @@ impl AdminSource for AppState {
     }
 
     fn reload(&self) -> BoxFuture<Result<String, String>> {
-        let reloads = self.reloads.clone();
-        Box::pin(async move {
-            let (respond, answer) = oneshot::channel();
-            let request = ReloadRequest {
-                source: ReloadSource::File,
-                respond: Some(respond),
-            };
-            let stopped = || "vipd is shutting down".to_owned();
-            reloads.send(request.into()).await.map_err(|_| stopped())?;
-            answer.await.map_err(|_| stopped())?
-        })
+        Box::pin(request_reload(self.reloads.clone(), ReloadSource::File))
     }
 }
 
@@ -543,9 +534,10 @@ impl Running {
             ReloadSource::File => {
                 let path = self
                     .config_path
-                    .as_ref()
+                    .clone()
                     .ok_or_else(|| anyhow!("no config file to reload from"))?;
-                config::load(path)?
+                // File reads block: keep them off the runtime's worker threads.
+                tokio::task::spawn_blocking(move || config::load(&path)).await??
             }
         };
         let changes = diff::diff(&self.config, &new);

@@ -168,7 +168,11 @@ impl Owner {
             tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint added");
             let member = self.new_member(endpoint);
             kept.push(member);
-            self.announce(*addr, Change::Added, &kept);
+            self.service.announce(ServiceEvent {
+                endpoint: *addr,
+                change: Change::Added,
+                in_rotation: in_rotation(&kept),
+            });
         }
         self.members = kept;
         for (addr, member) in previous {
@@ -177,7 +181,7 @@ impl Owner {
             }
             self.retire_endpoint(member.endpoint);
             tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint removed; its connections drain");
-            self.announce_now(addr, Change::Removed);
+            self.announce(addr, Change::Removed);
         }
         self.publish();
         self.check_first_round();
@@ -288,7 +292,7 @@ impl Owner {
             } else {
                 Change::Undrained
             };
-            self.announce_now(addr, change);
+            self.announce(addr, change);
         }
         true
     }
@@ -327,7 +331,7 @@ impl Owner {
             Background::EjectionOver(addr, generation)
         });
         self.publish();
-        self.announce_now(addr, Change::Ejected);
+        self.announce(addr, Change::Ejected);
     }
 
     fn on_background(&mut self, done: Background) {
@@ -347,7 +351,7 @@ impl Owner {
                 member.endpoint.reset_connect_failures();
                 tracing::info!(service = self.service.name(), endpoint = %addr, "ejection over; endpoint back in rotation");
                 self.publish();
-                self.announce_now(addr, Change::Restored);
+                self.announce(addr, Change::Restored);
             }
             Background::Gone(addr) => {
                 let Some(index) = self.leaving.iter().position(|e| e.addr() == addr) else {
@@ -367,7 +371,7 @@ impl Owner {
                 self.leaving.swap_remove(index);
                 tracing::debug!(service = self.service.name(), endpoint = %addr, "removed endpoint drained");
                 self.publish();
-                self.announce_now(addr, Change::Gone);
+                self.announce(addr, Change::Gone);
             }
         }
     }
@@ -480,32 +484,25 @@ impl Owner {
     }
 
     fn in_rotation(&self) -> Vec<SocketAddr> {
-        self.members
-            .iter()
-            .filter(|m| m.endpoint.in_rotation())
-            .map(|m| m.endpoint.addr())
-            .collect()
+        in_rotation(&self.members)
     }
 
-    fn announce_now(&self, endpoint: SocketAddr, change: Change) {
+    fn announce(&self, endpoint: SocketAddr, change: Change) {
         self.service.announce(ServiceEvent {
             endpoint,
             change,
             in_rotation: self.in_rotation(),
         });
     }
+}
 
-    fn announce(&self, endpoint: SocketAddr, change: Change, members: &[Member]) {
-        self.service.announce(ServiceEvent {
-            endpoint,
-            change,
-            in_rotation: members
-                .iter()
-                .filter(|m| m.endpoint.in_rotation())
-                .map(|m| m.endpoint.addr())
-                .collect(),
-        });
-    }
+/// The addresses of `members` that are in rotation, in order.
+fn in_rotation(members: &[Member]) -> Vec<SocketAddr> {
+    members
+        .iter()
+        .filter(|m| m.endpoint.in_rotation())
+        .map(|m| m.endpoint.addr())
+        .collect()
 }
 
 /// Where endpoint sets come from: a fixed list, or a discovery task.

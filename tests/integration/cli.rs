@@ -1,107 +1,19 @@
 //! The `vipd` binary: exit codes, signals, `check` output, `demo`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::Backend;
 use crate::support::backend::Behaviour;
 use crate::support::free_port;
-use crate::support::{Backend, GUARD};
-
-pub(crate) const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
-
-/// A vipd child process whose stderr lines are collected in the background.
-pub(crate) struct Child_ {
-    pub(crate) child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Child_ {
-    fn spawn(args: &[&str]) -> Child_ {
-        Self::spawn_program(VIPD, args)
-    }
-
-    pub(crate) fn spawn_program(program: &str, args: &[&str]) -> Child_ {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vipd");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let out_tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = out_tx.send(line);
-            }
-        });
-        Child_ {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Blocks until an output line contains `text`.
-    pub(crate) fn wait_for(&mut self, text: &str) {
-        let deadline = std::time::Instant::now() + GUARD;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.seen.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(_) => panic!("no line with {text:?}; saw:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    pub(crate) fn signal(&self, signal: Signal) {
-        let pid = Pid::from_raw(self.child.id() as i32).unwrap();
-        kill_process(pid, signal).expect("signal vipd");
-    }
-
-    pub(crate) fn wait(&mut self) -> ExitStatus {
-        let deadline = std::time::Instant::now() + GUARD;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "vipd did not exit");
-            // Waiting on a child process has no async event here; poll its status.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Child_ {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use crate::support::http::post;
+use crate::support::process::{VIPD, VipdProcess};
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("vipd.toml");
@@ -122,7 +34,7 @@ async fn sigterm_drains_and_exits_zero() {
             backend.addr
         ),
     );
-    let mut vipd = Child_::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let mut vipd = VipdProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
     vipd.wait_for("ready");
     let vip: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut established = TcpStream::connect(vip).await.unwrap();
@@ -140,9 +52,7 @@ async fn sigterm_drains_and_exits_zero() {
     established.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"two");
     drop(established);
-    let status = tokio::task::spawn_blocking(move || vipd.wait())
-        .await
-        .unwrap();
+    let status = vipd.exit().await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -159,7 +69,7 @@ async fn second_signal_exits_at_once() {
             backend.addr
         ),
     );
-    let mut vipd = Child_::spawn(&[
+    let mut vipd = VipdProcess::spawn(&[
         "run",
         "-c",
         config.to_str().unwrap(),
@@ -177,9 +87,7 @@ async fn second_signal_exits_at_once() {
     vipd.signal(Signal::INT);
     vipd.wait_for("draining established connections");
     vipd.signal(Signal::INT);
-    let status = tokio::task::spawn_blocking(move || vipd.wait())
-        .await
-        .unwrap();
+    let status = vipd.exit().await;
     assert_eq!(status.code(), Some(130));
 }
 
@@ -244,7 +152,7 @@ async fn demo_serves_and_rotates_backends() {
             break ports[0];
         }
     };
-    let mut demo = Child_::spawn(&[
+    let mut demo = VipdProcess::spawn(&[
         "demo",
         "--port",
         &service.to_string(),
@@ -278,9 +186,7 @@ async fn demo_serves_and_rotates_backends() {
     let status = crate::support::http::get(([127, 0, 0, 1], admin).into(), "/status").await;
     assert_eq!(status.status, 200);
     demo.signal(Signal::INT);
-    let code = tokio::task::spawn_blocking(move || demo.wait())
-        .await
-        .unwrap();
+    let code = demo.exit().await;
     assert_eq!(code.code(), Some(0));
 }
 
@@ -300,7 +206,7 @@ async fn accept_survives_running_out_of_file_descriptors() {
     );
     // A low descriptor limit that a few dozen connections exhaust.
     const LIMIT: usize = 48;
-    let mut vipd = Child_::spawn_program(
+    let mut vipd = VipdProcess::spawn_program(
         "sh",
         &[
             "-c",
@@ -330,8 +236,7 @@ async fn accept_survives_running_out_of_file_descriptors() {
             if open_fds() > before {
                 break;
             }
-            tokio::task::yield_now().await;
-            std::thread::sleep(Duration::from_millis(2));
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         assert_eq!(open_fds(), before + 1);
     }
@@ -392,7 +297,7 @@ async fn sighup_reloads_and_an_invalid_file_keeps_the_running_config() {
     let (port_a, port_b) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &service_toml("a", port_a, first.addr));
-    let mut vipd = Child_::spawn(&["run", "-c", config.to_str().unwrap()]);
+    let mut vipd = VipdProcess::spawn(&["run", "-c", config.to_str().unwrap()]);
     vipd.wait_for("ready");
     assert_eq!(name_at(port_a).await.unwrap(), "first");
 
@@ -415,9 +320,7 @@ async fn sighup_reloads_and_an_invalid_file_keeps_the_running_config() {
     assert_eq!(name_at(port_a).await.unwrap(), "second");
     assert_eq!(name_at(port_b).await.unwrap(), "first");
     vipd.signal(Signal::TERM);
-    let status = tokio::task::spawn_blocking(move || vipd.wait())
-        .await
-        .unwrap();
+    let status = vipd.exit().await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -432,7 +335,7 @@ async fn watched_file_and_post_reload_apply_changes() {
         dir.path(),
         &(admin_toml.clone() + &service_toml("a", port_a, backend.addr)),
     );
-    let mut vipd = Child_::spawn(&["run", "-c", config.to_str().unwrap(), "--watch"]);
+    let mut vipd = VipdProcess::spawn(&["run", "-c", config.to_str().unwrap(), "--watch"]);
     vipd.wait_for("ready");
 
     std::fs::write(
@@ -447,25 +350,16 @@ async fn watched_file_and_post_reload_apply_changes() {
 
     // POST /reload with the token reads the file again; an invalid file answers 422.
     let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
-    let post = |auth: &'static str| async move {
-        let mut stream = TcpStream::connect(admin_addr).await.unwrap();
-        let request = format!(
-            "POST /reload HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).await.unwrap();
-        raw
-    };
-    assert!(post("").await.starts_with("HTTP/1.1 401"));
-    let ok = post("Authorization: Bearer t0ken\r\n").await;
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-    assert!(ok.contains("reloaded: no changes"), "{ok}");
+    assert_eq!(post(admin_addr, "/reload", None).await.status, 401);
+    let ok = post(admin_addr, "/reload", Some("t0ken")).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.body.contains("reloaded: no changes"), "{}", ok.body);
     std::fs::write(&config, admin_toml + "[[service]]\nname = \"BAD\"\n").unwrap();
     vipd.wait_for("config reload failed");
-    let refused = post("Authorization: Bearer t0ken\r\n").await;
-    assert!(refused.starts_with("HTTP/1.1 422"), "{refused}");
-    assert!(!refused.contains("t0ken"));
+    let refused = post(admin_addr, "/reload", Some("t0ken")).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(!refused.body.contains("t0ken"));
+    assert!(refused.headers.iter().all(|(_, v)| !v.contains("t0ken")));
     assert_eq!(name_at(port_a).await.unwrap(), "only");
     assert_eq!(name_at(port_b).await.unwrap(), "only");
     let page = crate::support::http::get(admin_addr, "/metrics").await.body;

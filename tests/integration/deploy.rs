@@ -4,22 +4,20 @@
 //! verifies, and the binary speaks the systemd notify protocol on a real datagram socket.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::Signal;
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::support::backend::Behaviour;
 use crate::support::free_port;
 use crate::support::http::get;
+use crate::support::process::{VIPD, VipdProcess};
 use crate::support::{Backend, GUARD, Running, service};
-
-const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -559,11 +557,10 @@ fn systemd_unit_passes_systemd_analyze_verify() {
 }
 
 /// A `vipd run` child process with `NOTIFY_SOCKET` pointing at a datagram socket this test
-/// owns; stderr is kept for failure messages. Killed (by PID) and reaped on drop.
+/// owns.
 struct Notified {
-    child: Child,
+    process: VipdProcess,
     socket: UnixDatagram,
-    log: std::sync::mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -575,35 +572,23 @@ impl Notified {
         let socket_path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         socket.set_read_timeout(Some(GUARD)).unwrap();
-        let mut child = Command::new(VIPD)
+        let mut command = Command::new(VIPD);
+        command
             .args(["run", "--config", path.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .env("NOTIFY_SOCKET", &socket_path)
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vipd");
-        let (tx, log) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+            .envs(env.iter().copied());
         Notified {
-            child,
+            process: VipdProcess::start(command),
             socket,
-            log,
             _dir: dir,
         }
     }
 
     /// The next notification (one datagram, its lines), waiting at most [`GUARD`].
-    fn next(&self) -> Vec<String> {
+    fn next(&mut self) -> Vec<String> {
         let mut buf = [0u8; 4096];
         match self.socket.recv(&mut buf) {
             Ok(len) => String::from_utf8_lossy(&buf[..len])
@@ -612,33 +597,8 @@ impl Notified {
                 .collect(),
             Err(e) => panic!(
                 "no notification ({e}); vipd log:\n{}",
-                self.log.try_iter().collect::<Vec<_>>().join("\n")
+                self.process.output()
             ),
-        }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), signal).unwrap();
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + GUARD;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "vipd did not exit");
-            // A child's exit has no event to await here; poll its status.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Notified {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -656,9 +616,9 @@ fn notify_config(backend: SocketAddr, admin: u16) -> String {
 async fn binary_notifies_ready_reloading_and_stopping() {
     let backend = Backend::start("echo", Behaviour::Echo).await;
     let admin_port = free_port();
-    let vipd = Notified::start(&notify_config(backend.addr, admin_port), &[]);
+    let mut vipd = Notified::start(&notify_config(backend.addr, admin_port), &[]);
 
-    let vipd = tokio::task::spawn_blocking(move || {
+    let mut vipd = tokio::task::spawn_blocking(move || {
         let ready = vipd.next();
         assert_eq!(ready, ["READY=1"], "first notification");
         vipd
@@ -670,8 +630,8 @@ async fn binary_notifies_ready_reloading_and_stopping() {
     assert_eq!(get(admin, "/readyz").await.status, 200);
 
     // SIGHUP: RELOADING=1 with the monotonic timestamp systemd requires, then READY=1 again.
-    vipd.signal(Signal::HUP);
-    let vipd = tokio::task::spawn_blocking(move || {
+    vipd.process.signal(Signal::HUP);
+    let mut vipd = tokio::task::spawn_blocking(move || {
         let reloading = vipd.next();
         assert_eq!(reloading.len(), 2, "{reloading:?}");
         assert_eq!(reloading[0], "RELOADING=1");
@@ -685,11 +645,10 @@ async fn binary_notifies_ready_reloading_and_stopping() {
     .await
     .unwrap();
 
-    let mut vipd = vipd;
-    vipd.signal(Signal::TERM);
+    vipd.process.signal(Signal::TERM);
     let stopping = tokio::task::spawn_blocking(move || {
         let stopping = vipd.next();
-        let status = vipd.wait();
+        let status = vipd.process.wait();
         (stopping, status)
     })
     .await
@@ -707,7 +666,7 @@ fn binary_pings_the_watchdog_at_half_its_interval() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start("echo", Behaviour::Echo));
     // 400ms: pings every 200ms.
-    let vipd = Notified::start(
+    let mut vipd = Notified::start(
         &notify_config(backend.addr, free_port()),
         &[("WATCHDOG_USEC", "400000")],
     );

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use vipd::config::{Outlier, Secret};
 use vipd::service::Change;
@@ -12,7 +12,7 @@ use vipd::service::Change;
 use crate::support::backend::Behaviour;
 use crate::support::free_port;
 use crate::support::harness::config;
-use crate::support::http::Response;
+use crate::support::http::post;
 use crate::support::{Backend, Running, next_change, service, within};
 use crate::support::{echo_round_trip, name_through};
 
@@ -100,25 +100,55 @@ async fn reload_that_cannot_bind_changes_nothing() {
     assert_eq!(name_through(vipd.addr("bind-fail")).await, "only");
 }
 
-#[tokio::test]
-async fn removed_endpoint_keeps_its_connections_until_they_end() {
+/// A service over an echo endpoint (`leaving`) and a name endpoint, with a connection
+/// established to the echo endpoint, which a reload then removes.
+struct RemovedEndpoint {
+    vipd: Running,
+    established: TcpStream,
+    leaving: Backend,
+    _staying: Backend,
+}
+
+async fn remove_endpoint_under_a_connection(
+    name: &str,
+    drain_timeout: Duration,
+    before_removal: impl FnOnce(&Running),
+) -> RemovedEndpoint {
     let leaving = Backend::start("leaving", Behaviour::Echo).await;
     let staying = Backend::start("staying", Behaviour::Name).await;
-    let mut svc = service("remove-endpoint", &[leaving.addr, staying.addr]);
-    svc.connection.drain_timeout = Duration::from_secs(3600);
-    let before = config(vec![svc.clone()], false);
+    let mut svc = service(name, &[leaving.addr, staying.addr]);
+    svc.connection.drain_timeout = drain_timeout;
+    let before = config(vec![svc], false);
     let vipd = Running::start_config(before.clone()).await;
-    let service_state = vipd.service("remove-endpoint");
-    let mut events = service_state.subscribe();
+    before_removal(&vipd);
     // Round robin starts at the first endpoint.
-    let mut established = TcpStream::connect(vipd.addr("remove-endpoint"))
-        .await
-        .unwrap();
+    let mut established = TcpStream::connect(vipd.addr(name)).await.unwrap();
     echo_round_trip(&mut established, b"hello").await;
-
-    let mut after = before.clone();
+    let mut after = before;
     after.services[0].endpoints.remove(0);
     vipd.state.apply(after).await.unwrap();
+    RemovedEndpoint {
+        vipd,
+        established,
+        leaving,
+        _staying: staying,
+    }
+}
+
+#[tokio::test]
+async fn removed_endpoint_keeps_its_connections_until_they_end() {
+    let mut events = None;
+    let RemovedEndpoint {
+        vipd,
+        mut established,
+        leaving,
+        _staying,
+    } = remove_endpoint_under_a_connection("remove-endpoint", Duration::from_secs(3600), |vipd| {
+        events = Some(vipd.service("remove-endpoint").subscribe());
+    })
+    .await;
+    let mut events = events.unwrap();
+    let service_state = vipd.service("remove-endpoint");
     let endpoint = service_state.endpoint(leaving.addr).expect("still known");
     assert!(endpoint.is_draining());
     let status = service_state.status();
@@ -141,19 +171,14 @@ async fn removed_endpoint_keeps_its_connections_until_they_end() {
 
 #[tokio::test]
 async fn removed_endpoint_connections_close_at_the_drain_deadline() {
-    let leaving = Backend::start("leaving", Behaviour::Echo).await;
-    let staying = Backend::start("staying", Behaviour::Name).await;
-    let mut svc = service("remove-deadline", &[leaving.addr, staying.addr]);
-    svc.connection.drain_timeout = Duration::from_millis(200);
-    let before = config(vec![svc], false);
-    let vipd = Running::start_config(before.clone()).await;
-    let mut established = TcpStream::connect(vipd.addr("remove-deadline"))
-        .await
-        .unwrap();
-    echo_round_trip(&mut established, b"hello").await;
-    let mut after = before.clone();
-    after.services[0].endpoints.remove(0);
-    vipd.state.apply(after).await.unwrap();
+    // Everything stays bound: vipd and the backends must outlive the assertions.
+    let RemovedEndpoint {
+        vipd: _vipd,
+        mut established,
+        leaving: _leaving,
+        _staying,
+    } = remove_endpoint_under_a_connection("remove-deadline", Duration::from_millis(200), |_| {})
+        .await;
     let mut rest = Vec::new();
     let n = within(
         "close at the drain deadline",
@@ -162,26 +187,6 @@ async fn removed_endpoint_connections_close_at_the_drain_deadline() {
     .await
     .unwrap_or(0);
     assert_eq!(n, 0);
-}
-
-async fn post(admin: SocketAddr, path: &str, token: Option<&str>) -> Response {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").unwrap().1.to_owned();
-    Response {
-        status,
-        headers: Vec::new(),
-        body,
-    }
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ use nix::sys::socket::{
 };
 use rustix::process::Signal;
 
-use crate::cli::{Child_, VIPD};
 use crate::support::GUARD;
+use crate::support::process::{VIPD, VipdProcess};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -63,10 +63,10 @@ impl Netns {
     }
 
     /// Starts `vipd run` with `config` inside the namespace and waits until it is ready.
-    fn vipd(&self, dir: &std::path::Path, config: &str) -> Child_ {
+    fn vipd(&self, dir: &std::path::Path, config: &str) -> VipdProcess {
         let path = dir.join("vipd.toml");
         std::fs::write(&path, config).unwrap();
-        let mut vipd = Child_::spawn_program(
+        let mut vipd = VipdProcess::spawn_program(
             "ip",
             &[
                 "netns",
@@ -105,7 +105,7 @@ fn ip(args: &[&str]) -> String {
 
 /// Stops vipd with SIGTERM and checks it exits 0. (`ip netns exec` execs vipd, so the child's
 /// PID is vipd's.)
-fn stop(mut vipd: Child_) {
+fn stop(mut vipd: VipdProcess) {
     vipd.signal(Signal::TERM);
     assert!(vipd.wait().success());
 }

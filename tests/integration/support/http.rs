@@ -31,11 +31,24 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
     request(addr, "GET", path).await
 }
 
+/// `POST path`, with `Authorization: Bearer <token>` when a token is given.
+pub async fn post(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    request_with(addr, "POST", path, &auth).await
+}
+
 /// `METHOD path` with `Connection: close`, read to EOF.
 pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    request_with(addr, method, path, "").await
+}
+
+/// Like [`request`], with extra header lines (each ending in CRLF).
+pub async fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Response {
     let mut stream = TcpStream::connect(addr).await.expect("connect admin");
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n"
     );
     stream
         .write_all(head.as_bytes())

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod dns_server;
 pub mod harness;
 pub mod http;
+pub mod process;
 
 pub use backend::Backend;
 pub use harness::{Running, service};
