@@ -9,6 +9,7 @@
 # Usage (as root, from anywhere): benches/compare/run.sh
 # Environment: RUNS (3), DURATION seconds per timed workload (4), IDLE_CONNS (5000),
 #              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
+#              WORKLOADS (subset of "idle bulk rr crr"),
 #              VIPD (path to a vipd binary; default: cargo build --release).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
 # is stopped by its PID on exit. Takes about 6 minutes with the defaults.
@@ -29,6 +30,8 @@ BULK_PORT=5201
 declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
   [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
 read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr}"
+wants() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
 
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -302,12 +305,14 @@ for RUN in $(seq "$RUNS"); do
       wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
       sleep 1.5 # first round of health checks
       kill -0 "$pid" 2>/dev/null || { echo "$target exited; see $WORK" >&2; exit 1; }
-      idle "$target" "$pid"
+      if wants idle; then idle "$target" "$pid"; fi
     fi
-    bulk "$target" "$pid" 1
-    bulk "$target" "$pid" 8
-    http rr "$target" "$pid"
-    http crr "$target" "$pid" -H "Connection: close"
+    if wants bulk; then
+      bulk "$target" "$pid" 1
+      bulk "$target" "$pid" 8
+    fi
+    if wants rr; then http rr "$target" "$pid"; fi
+    if wants crr; then http crr "$target" "$pid" -H "Connection: close"; fi
     if [ -n "$pid" ]; then stop_pid "$pid"; fi
   done
 done
