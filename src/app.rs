@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::diff::{self, Changes};
 use crate::config::{self, Config, Secret};
 use crate::dns::{self, ServiceRecords};
+use crate::proxy::workers::{self, Workers};
 use crate::proxy::{listener, tcp};
 use crate::service::{ControlError, Inbox, ServiceState, owner};
 use crate::status::{AdminSource, BoxFuture, Status};
@@ -189,8 +190,12 @@ impl AdminSource for AppState {
 struct PendingService {
     state: Arc<ServiceState>,
     inbox: Inbox,
-    listeners: Vec<(SocketAddr, TcpListener)>,
+    listeners: Vec<(SocketAddr, ListenerGroup)>,
 }
+
+/// The listening sockets of one service address, one per data-plane worker. Kept as std
+/// sockets until served: each is registered with the runtime of the worker that accepts on it.
+type ListenerGroup = Vec<std::net::TcpListener>;
 
 /// The bound DNS server and the channel its records are published on.
 #[derive(Debug)]
@@ -216,6 +221,8 @@ pub struct App {
     reload_requests: mpsc::Receiver<RunRequest>,
     /// Parent of every service's token: cancelled at shutdown.
     root: CancellationToken,
+    /// The threads connections run on.
+    workers: Workers,
 }
 
 impl App {
@@ -232,11 +239,17 @@ impl App {
             None => None,
         };
         let root = CancellationToken::new();
+        let workers = config
+            .runtime
+            .workers
+            .unwrap_or_else(workers::default_count);
+        let workers =
+            Workers::start(workers).context("cannot start the data-plane worker threads")?;
         let mut services = Vec::new();
         for service_config in &config.services {
-            let listeners = bind_service(service_config)?;
+            let listeners = bind_service(service_config, workers.count())?;
             let (state, inbox) = ServiceState::new(service_config.clone(), &root);
-            state.set_bound(listeners.iter().map(|(_, l)| local_addr(l)).collect());
+            state.set_bound(listeners.iter().map(|(_, l)| group_addr(l)).collect());
             services.push(PendingService {
                 state,
                 inbox,
@@ -287,6 +300,7 @@ impl App {
             vips,
             reload_requests,
             root,
+            workers,
         })
     }
 
@@ -336,6 +350,7 @@ impl App {
             vips,
             mut reload_requests,
             root,
+            workers,
         } = self;
         let control = TaskTracker::new();
         // The admin server outlives the drain so /metrics and /status stay readable meanwhile.
@@ -379,6 +394,7 @@ impl App {
             listeners: HashMap::new(),
             accept_loops: TaskTracker::new(),
             connections: TaskTracker::new(),
+            workers,
             control: control.clone(),
             reload_results: reload_counters(),
             dns_records,
@@ -426,6 +442,7 @@ impl App {
             "listeners closed; draining established connections"
         );
         running.connections.wait().await;
+        running.workers.stop().await;
         if let Some(vips) = &vips {
             vips.lock().await.release_all().await;
         }
@@ -443,7 +460,8 @@ impl App {
 struct OpenListener {
     bound: SocketAddr,
     stop: CancellationToken,
-    done: JoinHandle<()>,
+    /// One accept loop per socket of the group.
+    done: Vec<JoinHandle<()>>,
 }
 
 /// The mutable side of a running app: only the run loop touches it.
@@ -456,6 +474,8 @@ struct Running {
     listeners: HashMap<(String, SocketAddr), OpenListener>,
     accept_loops: TaskTracker,
     connections: TaskTracker,
+    /// The threads accept loops and connections run on.
+    workers: Workers,
     control: TaskTracker,
     /// `vipd_config_reloads_total{result}`: success, failure.
     reload_results: [Counter; 2],
@@ -480,22 +500,33 @@ impl Running {
         }
     }
 
+    /// Serves a bound group: socket `i` is accepted on by worker `i`, whose runtime then runs
+    /// the connections it accepts.
     fn open_listener(
         &mut self,
         service: &Arc<ServiceState>,
         configured: SocketAddr,
-        socket: TcpListener,
+        group: ListenerGroup,
     ) {
-        let bound = local_addr(&socket);
-        tracing::info!(service = service.name(), addr = %bound, "listening");
+        let bound = group_addr(&group);
+        tracing::info!(service = service.name(), addr = %bound, sockets = group.len(), "listening");
         let stop = service.retired().child_token();
-        let done = self.accept_loops.spawn(tcp::serve(
-            socket,
-            Arc::clone(service),
-            configured.port(),
-            stop.clone(),
-            self.connections.clone(),
-        ));
+        let done = group
+            .into_iter()
+            .enumerate()
+            .map(|(index, socket)| {
+                let accept_loop = accept_on_worker(
+                    socket,
+                    Arc::clone(service),
+                    configured.port(),
+                    stop.clone(),
+                    self.connections.clone(),
+                );
+                self.workers
+                    .handle(index)
+                    .spawn(self.accept_loops.track_future(accept_loop))
+            })
+            .collect();
         self.listeners.insert(
             (service.name().to_owned(), configured),
             OpenListener { bound, stop, done },
@@ -505,7 +536,9 @@ impl Running {
     async fn close_listener(&mut self, service: &str, configured: SocketAddr) {
         if let Some(open) = self.listeners.remove(&(service.to_owned(), configured)) {
             open.stop.cancel();
-            let _ = open.done.await;
+            for accept_loop in open.done {
+                let _ = accept_loop.await;
+            }
             tracing::info!(service, addr = %open.bound, "stopped listening");
         }
     }
@@ -565,10 +598,15 @@ impl Running {
         for (name, addr) in moving {
             self.close_listener(&name, addr).await;
         }
-        let mut bound: HashMap<(String, SocketAddr), TcpListener> = HashMap::new();
+        let mut bound: HashMap<(String, SocketAddr), ListenerGroup> = HashMap::new();
         for (name, addr) in &to_open {
-            let socket = bind(name, *addr, new_service(&new, name).manage_vip)?;
-            bound.insert((name.clone(), *addr), socket);
+            let group = bind(
+                name,
+                *addr,
+                new_service(&new, name).manage_vip,
+                self.workers.count(),
+            )?;
+            bound.insert((name.clone(), *addr), group);
         }
 
         for name in &changes.removed {
@@ -714,24 +752,56 @@ fn new_service<'a>(config: &'a Config, name: &str) -> &'a config::Service {
         .expect("diff names services of the new config")
 }
 
-/// Binds every listener of `service`, keyed by configured address.
-fn bind_service(service: &config::Service) -> anyhow::Result<Vec<(SocketAddr, TcpListener)>> {
+/// Binds every listener of `service` (a group of `sockets` per address), keyed by configured
+/// address.
+fn bind_service(
+    service: &config::Service,
+    sockets: usize,
+) -> anyhow::Result<Vec<(SocketAddr, ListenerGroup)>> {
     diff::listen_addrs(service)
         .into_iter()
-        .map(|addr| Ok((addr, bind(&service.name, addr, service.manage_vip)?)))
+        .map(|addr| {
+            Ok((
+                addr,
+                bind(&service.name, addr, service.manage_vip, sockets)?,
+            ))
+        })
         .collect()
 }
 
-fn bind(service: &str, addr: SocketAddr, manage_vip: bool) -> anyhow::Result<TcpListener> {
+fn bind(
+    service: &str,
+    addr: SocketAddr,
+    manage_vip: bool,
+    sockets: usize,
+) -> anyhow::Result<ListenerGroup> {
     // A managed VIP may not be on its interface yet: IP_FREEBIND lets the bind succeed anyway.
-    listener::bind_tcp_with(addr, manage_vip)
+    listener::bind_tcp_group(addr, manage_vip, sockets)
         .with_context(|| format!("service \"{service}\": cannot listen on {addr}"))
 }
 
-fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener
+/// The address a group is bound to (all its sockets share it).
+fn group_addr(group: &ListenerGroup) -> SocketAddr {
+    group[0]
         .local_addr()
         .expect("a bound listener has a local address")
+}
+
+/// The accept loop of one socket, to run on a worker: the socket is registered with the
+/// runtime the loop runs on, so its connections are spawned there too.
+async fn accept_on_worker(
+    socket: std::net::TcpListener,
+    service: Arc<ServiceState>,
+    port: u16,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    match TcpListener::from_std(socket) {
+        Ok(listener) => tcp::serve(listener, service, port, stop, connections).await,
+        Err(error) => {
+            tracing::error!(service = service.name(), %error, "cannot serve a listening socket");
+        }
+    }
 }
 
 /// The DNS records of `services`, with the ports actually bound.

@@ -45,7 +45,7 @@ pub struct DnsServer {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Runtime {
     /// Data-plane worker threads; `None` = one per available CPU.
-    pub workers: Option<usize>,
+    pub workers: Option<std::num::NonZeroUsize>,
 }
 
 /// `[admin]`.

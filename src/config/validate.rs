@@ -119,7 +119,7 @@ impl Validator {
             );
         }
         Runtime {
-            workers: raw.workers.filter(|&w| w > 0),
+            workers: raw.workers.and_then(std::num::NonZeroUsize::new),
         }
     }
 
@@ -1210,7 +1210,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(config.runtime.workers, Some(2));
+        assert_eq!(config.runtime.workers, std::num::NonZeroUsize::new(2));
         assert_eq!(config.admin.unwrap().listen, "[::1]:9901".parse().unwrap());
 
         let web = &config.services[0];
