@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turns run.sh's raw results (TSV: run, target, metric, value) into a markdown table of
 medians, one column per target."""
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -26,7 +27,7 @@ ROWS = [
     ("crr_p50_ms", "crr latency p50, ms", 3),
     ("crr_p99_ms", "crr latency p99, ms", 3),
     ("crr_cpu_us_per_req", "crr, proxy CPU-µs per request", 1),
-    ("idle_kib_per_conn", "idle: RSS per connection, KiB (5000 idle connections)", 2),
+    ("idle_kib_per_conn", f"idle: RSS per connection, KiB ({os.environ.get('IDLE_CONNS', '5000')} idle connections)", 2),
 ]
 
 values = defaultdict(list)
@@ -37,7 +38,7 @@ with open(sys.argv[1]) as f:
         runs.add(run)
         values[(target, metric)].append(float(value))
 
-print(f"Medians of {len(runs)} runs.\n")
+print(f"Medians of {len(runs)} rounds.\n")
 print("| figure | " + " | ".join(HEADERS[t] for t in TARGETS) + " |")
 print("|---|" + "---|" * len(TARGETS))
 for metric, label, digits in ROWS:

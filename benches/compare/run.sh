@@ -4,19 +4,20 @@
 # on where the proxy has them. Workloads: bulk (iperf3, 1 and 8 streams, through a one-backend
 # service), rr and crr (wrk against nginx backends), idle (N idle connections, RSS per
 # connection). Proxy CPU is utime+stime of the proxy's processes from /proc/PID/stat, before and
-# after each workload. Prints a markdown table of medians over RUNS runs.
+# after each workload. Every proxy runs throughout, and the timed workloads are interleaved in
+# rounds whose target order rotates. Prints a markdown table of medians over RUNS rounds.
 #
 # Usage (as root, from anywhere): benches/compare/run.sh
-# Environment: RUNS (3), DURATION seconds per timed workload (4), IDLE_CONNS (5000),
+# Environment: RUNS rounds (5), DURATION seconds per timed workload (3), IDLE_CONNS (5000),
 #              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
 #              WORKLOADS (subset of "idle bulk rr crr"),
 #              VIPD (path to a vipd binary; default: cargo build --release).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
-# is stopped by its PID on exit. Takes about 6 minutes with the defaults.
+# is stopped by its PID on exit. Takes about 7 minutes with the defaults.
 set -euo pipefail
 
-RUNS=${RUNS:-3}
-DURATION=${DURATION:-4}
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-3}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -289,34 +290,71 @@ idle() {
 }
 
 # --- runs ----------------------------------------------------------------------------------
-for RUN in $(seq "$RUNS"); do
-  for target in "${TARGETS[@]}"; do
-    log "run $RUN/$RUNS: $target"
-    for port in "$HTTP_PORT" "$BULK_PORT"; do
-      if [ "$target" != direct ] && ss -Hltn "sport = :$port" | grep -q "${PROXY_IP[$target]}:$port"; then
-        echo "${PROXY_IP[$target]}:$port is already in use by another process" >&2
-        exit 1
-      fi
-    done
-    start_proxy "$target"
-    pid=$PROXY_PID
-    if [ -n "$pid" ]; then
-      wait_listening "${PROXY_IP[$target]}" "$HTTP_PORT"
-      wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
-      sleep 1.5 # first round of health checks
-      kill -0 "$pid" 2>/dev/null || { echo "$target exited; see $WORK" >&2; exit 1; }
-      if wants idle; then idle "$target" "$pid"; fi
+# Every proxy runs for the whole comparison, each on its own address, and the timed workloads
+# are interleaved: each round measures every target once, in an order that rotates from round
+# to round. A slow spell of the shared machine then falls on all targets alike instead of on
+# whichever happened to run at that moment.
+declare -A PID_OF=([direct]=)
+PROXIES=()
+for target in "${TARGETS[@]}"; do
+  [ "$target" = direct ] && continue
+  for port in "$HTTP_PORT" "$BULK_PORT"; do
+    if ss -Hltn "sport = :$port" | grep -q "${PROXY_IP[$target]}:$port"; then
+      echo "${PROXY_IP[$target]}:$port is already in use by another process" >&2
+      exit 1
     fi
-    if wants bulk; then
-      bulk "$target" "$pid" 1
-      bulk "$target" "$pid" 8
-    fi
-    if wants rr; then http rr "$target" "$pid"; fi
-    if wants crr; then http crr "$target" "$pid" -H "Connection: close"; fi
-    if [ -n "$pid" ]; then stop_pid "$pid"; fi
   done
+  start_proxy "$target"
+  PID_OF[$target]=$PROXY_PID
+  PROXIES+=("$target")
+done
+for target in "${PROXIES[@]}"; do
+  wait_listening "${PROXY_IP[$target]}" "$HTTP_PORT"
+  wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
+done
+sleep 1.5 # first round of health checks
+alive() {
+  local target
+  for target in "${PROXIES[@]}"; do
+    kill -0 "${PID_OF[$target]}" 2>/dev/null || { echo "$target exited; see $WORK" >&2; exit 1; }
+  done
+}
+alive
+
+# Idle memory first, while every proxy is fresh, one proxy at a time.
+if wants idle; then
+  RUN=1
+  for target in "${PROXIES[@]}"; do
+    log "idle: $target"
+    idle "$target" "${PID_OF[$target]}"
+  done
+  alive
+fi
+
+# The targets of round N, rotated by N.
+round_order() {
+  local n=${#TARGETS[@]} k=$(($1 % ${#TARGETS[@]}))
+  echo "${TARGETS[@]:k:n-k}" "${TARGETS[@]:0:k}"
+}
+for workload in bulk rr crr; do
+  wants "$workload" || continue
+  for RUN in $(seq "$RUNS"); do
+    log "$workload, round $RUN/$RUNS"
+    for target in $(round_order "$RUN"); do
+      pid=${PID_OF[$target]}
+      case $workload in
+        bulk)
+          bulk "$target" "$pid" 1
+          bulk "$target" "$pid" 8
+          ;;
+        rr) http rr "$target" "$pid" ;;
+        crr) http crr "$target" "$pid" -H "Connection: close" ;;
+      esac
+    done
+  done
+  alive
 done
 
-python3 "$HERE/report.py" "$RESULTS"
+IDLE_CONNS=$IDLE_CONNS python3 "$HERE/report.py" "$RESULTS"
 echo
 echo "raw results: $RESULTS"
