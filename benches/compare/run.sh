@@ -13,7 +13,7 @@
 #              WORKLOADS (subset of "idle bulk rr crr"),
 #              VIPD (path to a vipd binary; default: cargo build --release).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
-# is stopped by its PID on exit. Takes about 7 minutes with the defaults.
+# is stopped by its PID on exit. Takes about 6 minutes with the defaults.
 set -euo pipefail
 
 RUNS=${RUNS:-5}
