@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vipd::app::App;
 use vipd::config::HealthCheck;
 
 use crate::support::backend::Behaviour;
-use crate::support::harness::with_health;
+use crate::support::harness::{config, with_health};
 use crate::support::name_through;
 use crate::support::{Backend, Running, service, within};
 
@@ -270,4 +272,30 @@ async fn max_connect_attempts_bounds_failover() {
     assert_eq!(name_through(vip).await, "alive");
     // Starts at the live endpoint.
     assert_eq!(name_through(vip).await, "alive");
+}
+
+#[tokio::test]
+async fn every_worker_serves_and_a_second_vipd_cannot_share_the_address() {
+    let backends = named_backends(1).await;
+    let mut first = config(vec![service("workers", &[backends[0].addr])], false);
+    first.runtime.workers = NonZeroUsize::new(3);
+    let vipd = Running::start_config(first.clone()).await;
+    let vip = vipd.addr("workers");
+    // Three sockets share the address; whichever one the kernel hands a connection to, the
+    // worker behind it serves it.
+    for _ in 0..30 {
+        assert_eq!(name_through(vip).await, "backend-0");
+    }
+    // The group is bound with SO_REUSEPORT, which another process of the same user could join:
+    // a second vipd on the same address must be refused, not handed half the connections.
+    let mut second = first;
+    second.services[0].ports[0].port = vip.port();
+    let error = App::bind(second).await.expect_err("the address is taken");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!("cannot listen on {vip}")) && message.contains("in use"),
+        "{message}"
+    );
+    assert_eq!(name_through(vip).await, "backend-0");
+    vipd.stop().await.unwrap();
 }
