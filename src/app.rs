@@ -515,7 +515,7 @@ impl Running {
             .into_iter()
             .enumerate()
             .map(|(index, socket)| {
-                let accept_loop = accept_on_worker(
+                let accept_loop = tcp::serve(
                     socket,
                     Arc::clone(service),
                     configured.port(),
@@ -785,23 +785,6 @@ fn group_addr(group: &ListenerGroup) -> SocketAddr {
     group[0]
         .local_addr()
         .expect("a bound listener has a local address")
-}
-
-/// The accept loop of one socket, to run on a worker: the socket is registered with the
-/// runtime the loop runs on, so its connections are spawned there too.
-async fn accept_on_worker(
-    socket: std::net::TcpListener,
-    service: Arc<ServiceState>,
-    port: u16,
-    stop: CancellationToken,
-    connections: TaskTracker,
-) {
-    match TcpListener::from_std(socket) {
-        Ok(listener) => tcp::serve(listener, service, port, stop, connections).await,
-        Err(error) => {
-            tracing::error!(service = service.name(), %error, "cannot serve a listening socket");
-        }
-    }
 }
 
 /// The DNS records of `services`, with the ports actually bound.

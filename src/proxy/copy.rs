@@ -401,9 +401,24 @@ mod deadline_tests {
 
     use super::*;
 
-    /// `elapsed` is `expected` up to the timer's millisecond rounding.
-    fn about(elapsed: Duration, expected: Duration) -> bool {
-        elapsed >= expected && elapsed <= expected + Duration::from_millis(5)
+    /// Time since `started` is `expected` up to the timer's millisecond rounding.
+    fn assert_elapsed(started: Instant, expected: Duration) {
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(5),
+            "{elapsed:?}, expected {expected:?}"
+        );
+    }
+
+    /// `deadline` has not ended after `quiet` more time.
+    async fn assert_pending_for(
+        deadline: Pin<&mut impl Future<Output = CopyEnd>>,
+        quiet: Duration,
+    ) {
+        assert!(
+            timeout(quiet, deadline).await.is_err(),
+            "ended within {quiet:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -416,18 +431,10 @@ mod deadline_tests {
         let started = Instant::now();
         let deadline = activity.deadline(&limits);
         tokio::pin!(deadline);
-        assert!(
-            timeout(Duration::from_secs(8), deadline.as_mut())
-                .await
-                .is_err()
-        );
+        assert_pending_for(deadline.as_mut(), Duration::from_secs(8)).await;
         activity.touch();
         assert_eq!(deadline.await, CopyEnd::Idle);
-        assert!(
-            about(started.elapsed(), Duration::from_secs(18)),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_elapsed(started, Duration::from_secs(18));
     }
 
     #[tokio::test(start_paused = true)]
@@ -441,18 +448,10 @@ mod deadline_tests {
         let started = Instant::now();
         let deadline = activity.deadline(&limits);
         tokio::pin!(deadline);
-        assert!(
-            timeout(Duration::from_secs(30), deadline.as_mut())
-                .await
-                .is_err()
-        );
+        assert_pending_for(deadline.as_mut(), Duration::from_secs(30)).await;
         shutdown.cancel();
         assert_eq!(deadline.await, CopyEnd::Drained);
-        assert!(
-            about(started.elapsed(), Duration::from_secs(35)),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_elapsed(started, Duration::from_secs(35));
     }
 
     #[tokio::test(start_paused = true)]
@@ -466,11 +465,7 @@ mod deadline_tests {
         };
         let started = Instant::now();
         assert_eq!(activity.deadline(&limits).await, CopyEnd::Idle);
-        assert!(
-            about(started.elapsed(), Duration::from_secs(3)),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_elapsed(started, Duration::from_secs(3));
     }
 }
 
@@ -499,6 +494,17 @@ mod tests {
         task: JoinHandle<io::Result<CopyEnd>>,
         inbound: Arc<AtomicU64>,
         outbound: Arc<AtomicU64>,
+    }
+
+    impl Proxied {
+        /// How the forwarding task ended (it must end, without error, within the guard).
+        async fn end(&mut self) -> CopyEnd {
+            timeout(GUARD, &mut self.task)
+                .await
+                .expect("forwarding ended")
+                .expect("forwarding task")
+                .expect("forwarding without error")
+        }
     }
 
     #[derive(Clone, Copy)]
@@ -642,8 +648,7 @@ mod tests {
         assert_eq!((len_in, len_out), (bytes, bytes));
         assert_eq!(got_in, sent_in, "client → backend corrupted");
         assert_eq!(got_out, sent_out, "backend → client corrupted");
-        let end = timeout(GUARD, &mut proxied.task).await.unwrap().unwrap();
-        assert_eq!(end.unwrap(), CopyEnd::Complete);
+        assert_eq!(proxied.end().await, CopyEnd::Complete);
         assert_eq!(proxied.inbound.load(Ordering::Relaxed), bytes);
         assert_eq!(proxied.outbound.load(Ordering::Relaxed), bytes);
         proxied
@@ -734,14 +739,7 @@ mod tests {
         let mut rest = Vec::new();
         client_read.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        assert_eq!(
-            timeout(GUARD, &mut proxied.task)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-            CopyEnd::Complete
-        );
+        assert_eq!(proxied.end().await, CopyEnd::Complete);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -759,14 +757,7 @@ mod tests {
         let answer = send(&mut proxied.backend, 5, 4).await;
         let (got, len) = timeout(GUARD, receive(&mut client_read)).await.unwrap();
         assert_eq!((got, len), (answer, 4 * BLOCK as u64));
-        assert_eq!(
-            timeout(GUARD, &mut proxied.task)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-            CopyEnd::Complete
-        );
+        assert_eq!(proxied.end().await, CopyEnd::Complete);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

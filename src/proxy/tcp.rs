@@ -23,13 +23,23 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Accepts connections for the service port configured as `port` until `stop` is cancelled,
 /// then drops the listener so new connections are refused at once. Connection tasks are spawned
 /// on `tracker` and finish on their own or at their drain deadline.
+///
+/// The socket is registered with the runtime this runs on, so a data-plane worker that runs
+/// the loop also runs every connection it accepts.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     service: Arc<ServiceState>,
     port: u16,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(service = service.name(), %error, "cannot serve a listening socket");
+            return;
+        }
+    };
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one syscall here
     // instead of one per connection. Small writes should not wait on Nagle: the client's own
     // stack already decided when to send.

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use vipd::config::HealthCheck;
 
 use crate::support::backend::{Behaviour, HttpBackend};
 use crate::support::harness::with_health;
 use crate::support::http::{get, request};
-use crate::support::{Backend, Running, service};
+use crate::support::{Backend, Running, echo_round_trip, service};
 
 /// The value of the sample `name{labels}` in a Prometheus text page (labels in export order).
 fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -48,9 +48,7 @@ async fn metrics_count_known_traffic() {
     }
     // An open connection that has moved 4 bytes each way.
     let mut open = TcpStream::connect(vipd.addr("metrics-echo")).await.unwrap();
-    open.write_all(b"ping").await.unwrap();
-    let mut echo_back = [0u8; 4];
-    open.read_exact(&mut echo_back).await.unwrap();
+    echo_round_trip(&mut open, b"ping").await;
 
     let response = get(admin, "/metrics").await;
     assert_eq!(response.status, 200);

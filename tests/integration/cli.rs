@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 
 use crate::support::Backend;
 use crate::support::backend::Behaviour;
-use crate::support::free_port;
 use crate::support::http::post;
 use crate::support::process::{VIPD, VipdProcess};
+use crate::support::{echo_round_trip, free_port};
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("vipd.toml");
@@ -29,18 +29,15 @@ async fn sigterm_drains_and_exits_zero() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[defaults]\ndrain_timeout = \"30s\"\n\n[[service]]\nname = \"sig\"\nvip = \"127.0.0.1\"\n\
-             ports = [{{ port = {port} }}]\nendpoints = [\"{}\"]\n",
-            backend.addr
+            "[defaults]\ndrain_timeout = \"30s\"\n\n{}",
+            service_toml("sig", port, backend.addr)
         ),
     );
     let mut vipd = VipdProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
     vipd.wait_for("ready");
     let vip: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut established = TcpStream::connect(vip).await.unwrap();
-    established.write_all(b"one").await.unwrap();
-    let mut back = [0u8; 3];
-    established.read_exact(&mut back).await.unwrap();
+    echo_round_trip(&mut established, b"one").await;
 
     vipd.signal(Signal::TERM);
     vipd.wait_for("draining established connections");
@@ -48,9 +45,7 @@ async fn sigterm_drains_and_exits_zero() {
         TcpStream::connect(vip).await.unwrap_err().kind(),
         std::io::ErrorKind::ConnectionRefused
     );
-    established.write_all(b"two").await.unwrap();
-    established.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"two");
+    echo_round_trip(&mut established, b"two").await;
     drop(established);
     let status = vipd.exit().await;
     assert_eq!(status.code(), Some(0));
@@ -64,9 +59,8 @@ async fn second_signal_exits_at_once() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[[service]]\nname = \"sig2\"\nvip = \"127.0.0.1\"\ndrain_timeout = \"1h\"\n\
-             ports = [{{ port = {port} }}]\nendpoints = [\"{}\"]\n",
-            backend.addr
+            "[defaults]\ndrain_timeout = \"1h\"\n\n{}",
+            service_toml("sig2", port, backend.addr)
         ),
     );
     let mut vipd = VipdProcess::spawn(&[
@@ -81,9 +75,7 @@ async fn second_signal_exits_at_once() {
     let record: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
     assert_eq!(record["fields"]["message"], "ready");
     let mut established = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    established.write_all(b"up").await.unwrap();
-    let mut back = [0u8; 2];
-    established.read_exact(&mut back).await.unwrap();
+    echo_round_trip(&mut established, b"up").await;
     vipd.signal(Signal::INT);
     vipd.wait_for("draining established connections");
     vipd.signal(Signal::INT);
@@ -198,10 +190,8 @@ async fn accept_survives_running_out_of_file_descriptors() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[service]]\nname = \"fds\"\n\
-             vip = \"127.0.0.1\"\nports = [{{ port = {port} }}]\nendpoints = [\"{}\"]\n\n\
-             [service.health]\ncheck = \"none\"\n",
-            backend.addr
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{}",
+            service_toml("fds", port, backend.addr)
         ),
     );
     // A low descriptor limit that a few dozen connections exhaust.
@@ -257,12 +247,7 @@ async fn accept_survives_running_out_of_file_descriptors() {
     drop(clients);
     // Descriptors are free again: a new client is served.
     let mut fresh = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    fresh.write_all(b"alive").await.unwrap();
-    let mut back = [0u8; 5];
-    crate::support::within("served after recovery", fresh.read_exact(&mut back))
-        .await
-        .unwrap();
-    assert_eq!(&back, b"alive");
+    echo_round_trip(&mut fresh, b"alive").await;
     let page = crate::support::http::get(([127, 0, 0, 1], admin).into(), "/metrics")
         .await
         .body;

@@ -16,7 +16,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 use crate::support::backend::Behaviour;
 use crate::support::free_port;
 use crate::support::http::get;
-use crate::support::process::{VIPD, VipdProcess};
+use crate::support::process::{VIPD, VipdProcess, describe};
 use crate::support::{Backend, GUARD, Running, service};
 
 fn repo_file(path: &str) -> PathBuf {
@@ -79,10 +79,8 @@ fn vipd_check(what: &str, text: &str) {
         .expect("run vipd check");
     assert!(
         output.status.success(),
-        "vipd check of {what} failed ({}):\n{}{}\n--- config\n{text}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        "vipd check of {what} failed: {}\n--- config\n{text}",
+        describe(&output)
     );
 }
 
@@ -549,10 +547,8 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     // verify exits 0 even for unknown keys and bad values, only warning: require silence too.
     assert!(
         output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
-        "systemd-analyze verify ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        "systemd-analyze verify: {}",
+        describe(&output)
     );
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use vipd::config::HealthCheck;
 use yaml_rust2::YamlLoader;
@@ -20,7 +20,8 @@ use yaml_rust2::YamlLoader;
 use crate::support::backend::Behaviour;
 use crate::support::harness::with_health;
 use crate::support::http::get;
-use crate::support::{Backend, GUARD, Running, service, within};
+use crate::support::process::describe;
+use crate::support::{Backend, GUARD, Running, echo_round_trip, service, within};
 
 /// A file of this repository.
 fn repo_file(path: &str) -> PathBuf {
@@ -55,23 +56,11 @@ fn promtool(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("promtool output")
 }
 
-fn describe(output: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// One client connection through `vip`: a round trip through the echo backend, so the
 /// connection to the endpoint is established (and counted) before this returns.
 async fn round_trip(vip: SocketAddr) {
     let mut stream = TcpStream::connect(vip).await.expect("connect to the VIP");
-    stream.write_all(b"ping").await.unwrap();
-    let mut back = [0u8; 4];
-    within("echo", stream.read_exact(&mut back)).await.unwrap();
-    assert_eq!(&back, b"ping");
+    echo_round_trip(&mut stream, b"ping").await;
 }
 
 /// A vipd with an admin server and two services whose names start with `prefix`:

@@ -14,7 +14,7 @@ use vipd::config::HealthCheck;
 use crate::support::backend::Behaviour;
 use crate::support::harness::{config, with_health};
 use crate::support::name_through;
-use crate::support::{Backend, Running, service, within};
+use crate::support::{Backend, Running, echo_round_trip, service, within};
 
 async fn named_backends(n: usize) -> Vec<Backend> {
     let mut backends = Vec::new();
@@ -202,10 +202,7 @@ async fn idle_connection_is_closed_after_idle_timeout() {
     svc.connection.idle_timeout = Duration::from_millis(300);
     let vipd = Running::start(vec![svc], false).await;
     let mut stream = TcpStream::connect(vipd.addr("idle")).await.unwrap();
-    stream.write_all(b"ping").await.unwrap();
-    let mut echo = [0u8; 4];
-    stream.read_exact(&mut echo).await.unwrap();
-    assert_eq!(&echo, b"ping");
+    echo_round_trip(&mut stream, b"ping").await;
     // Nothing more is sent: vipd must close the connection by itself.
     let mut rest = Vec::new();
     let n = within("idle close", stream.read_to_end(&mut rest))

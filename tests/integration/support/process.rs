@@ -2,7 +2,7 @@
 //! PID, waiting for its exit; killed and reaped when dropped.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -12,6 +12,16 @@ use super::GUARD;
 
 /// The binary under test.
 pub const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
+
+/// A finished command's status and output, for an assertion message.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
 
 /// A running child process.
 pub struct VipdProcess {
