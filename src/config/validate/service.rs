@@ -1,0 +1,384 @@
+//! One `[[service]]`: its name, `vip` and `ports`, the addresses it listens on, VIP ownership
+//! (`manage_vip`, `vip_interface`) and `[service.outlier]`; endpoints, health checks, discovery
+//! and connection settings are handed to their own modules.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::Validator;
+use super::listen::{Listener, is_self_loop};
+use super::names::{check_dns_label, check_interface_name};
+use crate::config::raw::{RawBalance, RawConnection, RawOutlier, RawPort, RawProtocol, RawService};
+use crate::config::{
+    Balance, ConnectionSettings, EndpointSpec, Outlier, ProblemScope, Protocol, Service,
+    ServicePort,
+};
+
+/// The interface a managed VIP goes on when `vip_interface` is not set.
+const DEFAULT_VIP_INTERFACE: &str = "lo";
+
+impl Validator {
+    pub(super) fn service(
+        &mut self,
+        index: usize,
+        raw: &RawService,
+        defaults: &ConnectionSettings,
+        names: &mut HashMap<String, usize>,
+        listeners: &mut Vec<Listener>,
+    ) -> Service {
+        let scope = self.service_scope(index, &raw.name, names);
+
+        let vip = match raw.vip.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let hint = if raw.vip.parse::<SocketAddr>().is_ok() {
+                    " (give the port in `ports`, not in `vip`)"
+                } else if raw.vip.starts_with('[') {
+                    " (write IPv6 without brackets)"
+                } else {
+                    ""
+                };
+                self.push(
+                    &scope,
+                    "vip",
+                    format!("\"{}\" is not an IP address{hint}", raw.vip),
+                );
+                None
+            }
+        };
+
+        let ports = self.ports(&scope, &raw.ports);
+        // Exactly one source of endpoints. Both sides are still checked when both are set, so
+        // their own mistakes show up in the same run.
+        match (&raw.endpoints, &raw.discovery) {
+            (Some(_), Some(_)) => self.push(
+                &scope,
+                "endpoints",
+                "`endpoints` and `[service.discovery]` are both set; a service gets its \
+                 endpoints from exactly one of them",
+            ),
+            (None, None) => self.push(
+                &scope,
+                "endpoints",
+                "missing: list `endpoints` or add a `[service.discovery]` table",
+            ),
+            _ => {}
+        }
+        let endpoints = match &raw.endpoints {
+            // With discovery also set, "both set" already covers an empty list.
+            Some(list) => self.endpoints(&scope, list, &ports, raw.discovery.is_none()),
+            None => Vec::new(),
+        };
+        let discovery = raw
+            .discovery
+            .as_ref()
+            .map(|d| self.discovery(&scope, d, ports.len()));
+
+        if let Some(vip) = vip {
+            self.listeners(&scope, vip, &ports, &endpoints, listeners);
+        }
+
+        let overrides = RawConnection {
+            connect_timeout: raw.connect_timeout,
+            idle_timeout: raw.idle_timeout,
+            drain_timeout: raw.drain_timeout,
+            max_connect_attempts: raw.max_connect_attempts,
+        };
+        let connection = self.connection(&scope, "", &overrides, defaults);
+        let health = self.health(&scope, raw.health.as_ref());
+        let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
+        let (manage_vip, vip_interface) = self.vip_ownership(&scope, raw, vip);
+
+        Service {
+            name: raw.name.clone(),
+            vip: vip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            ports: ports.into_iter().map(|(_, p)| p).collect(),
+            endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
+            // Exhaustive so a new raw policy cannot be silently mapped to round robin.
+            balance: match raw.balance {
+                None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+            },
+            health,
+            connection,
+            discovery,
+            outlier,
+            manage_vip,
+            vip_interface,
+        }
+    }
+
+    /// How problems of service number `index` are labelled: by name when the name is valid and
+    /// first of its kind, else by position (an invalid or duplicate name would be ambiguous).
+    fn service_scope(
+        &mut self,
+        index: usize,
+        name: &str,
+        names: &mut HashMap<String, usize>,
+    ) -> ProblemScope {
+        let by_index = ProblemScope::ServiceIndex(index);
+        if let Err(message) = check_dns_label(name) {
+            self.push(&by_index, "name", message);
+            return by_index;
+        }
+        if let Some(first) = names.get(name) {
+            self.push(
+                &by_index,
+                "name",
+                format!("\"{name}\" is already the name of service #{first}"),
+            );
+            return by_index;
+        }
+        names.insert(name.to_owned(), index);
+        ProblemScope::Service(name.to_owned())
+    }
+
+    /// Converts `ports`; entries with a problem come back as `(false, _)` so later checks that
+    /// combine them (listeners) skip them.
+    fn ports(&mut self, scope: &ProblemScope, raw: &[RawPort]) -> Vec<(bool, ServicePort)> {
+        if raw.is_empty() {
+            self.push(scope, "ports", "must list at least one port");
+        }
+        let mut out: Vec<(bool, ServicePort)> = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            let before = self.problems.len();
+            let key = |field: &str| format!("ports[{i}].{field}");
+            if p.protocol == Some(RawProtocol::Udp) {
+                self.push(scope, key("protocol"), "udp is not supported yet");
+            }
+            if p.port == 0 {
+                self.push(scope, key("port"), "0 is out of range 1-65535");
+            } else if let Some(j) = raw[..i]
+                .iter()
+                .position(|q| q.port == p.port && q.protocol == p.protocol)
+            {
+                self.push(
+                    scope,
+                    key("port"),
+                    format!("{} is already listed as ports[{j}].port", p.port),
+                );
+            }
+            if p.target_port == Some(0) {
+                self.push(scope, key("target_port"), "0 is out of range 1-65535");
+            }
+            if let Some(name) = &p.name {
+                if let Err(message) = check_dns_label(name) {
+                    self.push(scope, key("name"), message);
+                } else if let Some(j) = raw[..i]
+                    .iter()
+                    .position(|q| q.name.as_deref() == Some(name))
+                {
+                    self.push(
+                        scope,
+                        key("name"),
+                        format!("\"{name}\" is already the name of ports[{j}]"),
+                    );
+                }
+            }
+            let port = ServicePort {
+                port: p.port,
+                target_port: p.target_port.unwrap_or(p.port),
+                protocol: Protocol::Tcp,
+                name: p.name.clone(),
+            };
+            out.push((self.problems.len() == before, port));
+        }
+        out
+    }
+
+    /// Registers the service's listen addresses, reporting collisions with earlier services,
+    /// and endpoints that are the service's own listen address (every connection would loop).
+    fn listeners(
+        &mut self,
+        scope: &ProblemScope,
+        vip: IpAddr,
+        ports: &[(bool, ServicePort)],
+        endpoints: &[(bool, EndpointSpec)],
+        listeners: &mut Vec<Listener>,
+    ) {
+        let first_own = listeners.len();
+        for (i, (ok, p)) in ports.iter().enumerate() {
+            if !ok {
+                continue;
+            }
+            let addr = SocketAddr::new(vip, p.port);
+            // Duplicates inside the service were reported as duplicate ports already.
+            if let Some(other) = listeners[..first_own]
+                .iter()
+                .find(|l| l.overlaps(addr, p.protocol))
+            {
+                let message = other.collision(addr);
+                self.push(scope, format!("ports[{i}].port"), message);
+            }
+            for (j, (ok, e)) in endpoints.iter().enumerate() {
+                let target = SocketAddr::new(e.ip, e.port.unwrap_or(p.target_port));
+                if *ok && is_self_loop(addr, target) {
+                    self.push(
+                        scope,
+                        format!("endpoints[{j}]"),
+                        format!(
+                            "{target} is this service's own listen address {addr} (ports[{i}]); \
+                             connections would loop"
+                        ),
+                    );
+                }
+            }
+            listeners.push(Listener {
+                addr,
+                protocol: p.protocol,
+                owner: format!("{scope} ports[{i}]"),
+            });
+        }
+    }
+
+    fn outlier(&mut self, scope: &ProblemScope, raw: &RawOutlier) -> Outlier {
+        let consecutive_failures = match raw.consecutive_failures {
+            None => NonZeroU32::new(5).expect("non-zero"),
+            Some(n) => NonZeroU32::new(n).unwrap_or_else(|| {
+                self.push(scope, "outlier.consecutive_failures", "must be at least 1");
+                NonZeroU32::MIN
+            }),
+        };
+        let base_ejection_time = raw.base_ejection_time.unwrap_or(Duration::from_secs(30));
+        if base_ejection_time.is_zero() {
+            self.push(scope, "outlier.base_ejection_time", "must be longer than 0");
+        }
+        let max_ejection_percent = raw.max_ejection_percent.unwrap_or(50);
+        if max_ejection_percent > 100 {
+            self.push(
+                scope,
+                "outlier.max_ejection_percent",
+                format!("{max_ejection_percent} is more than 100"),
+            );
+        }
+        Outlier {
+            consecutive_failures,
+            base_ejection_time,
+            max_ejection_percent: max_ejection_percent.min(100) as u8,
+        }
+    }
+
+    /// `manage_vip` and `vip_interface` of one service.
+    fn vip_ownership(
+        &mut self,
+        scope: &ProblemScope,
+        raw: &RawService,
+        vip: Option<IpAddr>,
+    ) -> (bool, String) {
+        let manage_vip = raw.manage_vip.unwrap_or(false);
+        let interface = raw
+            .vip_interface
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VIP_INTERFACE.to_owned());
+        if !manage_vip {
+            if raw.vip_interface.is_some() {
+                self.push(
+                    scope,
+                    "vip_interface",
+                    "only allowed with manage_vip = true",
+                );
+            }
+            return (false, interface);
+        }
+        if let Some(vip) = vip.filter(|ip| ip.is_unspecified()) {
+            self.push(
+                scope,
+                "manage_vip",
+                format!("{vip} is a wildcard address; only a single address can be added to an interface"),
+            );
+        }
+        if let Err(message) = check_interface_name(&interface) {
+            self.push(scope, "vip_interface", message);
+        }
+        (true, interface)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{assert_each_reports, service};
+
+    #[test]
+    fn each_rule_reports_its_key() {
+        // (text, the one expected problem line)
+        let cases: Vec<(String, &str)> = vec![
+            (
+                service("").replace("\"web\"", "\"Web\""),
+                "vipd.toml: service #1: name: \"Web\" may only contain lowercase letters a-z, digits and '-'",
+            ),
+            (
+                service("").replace("\"web\"", "\"\""),
+                "vipd.toml: service #1: name: must not be empty",
+            ),
+            (
+                format!("{}{}", service(""), service("").replace("8000", "8001")),
+                "vipd.toml: service #2: name: \"web\" is already the name of service #1",
+            ),
+            (
+                service("").replace("127.0.0.1", "127.0.0.1:80"),
+                "vipd.toml: service \"web\": vip: \"127.0.0.1:80\" is not an IP address (give the port in `ports`, not in `vip`)",
+            ),
+            (
+                service("").replace("127.0.0.1", "[::1]"),
+                "vipd.toml: service \"web\": vip: \"[::1]\" is not an IP address (write IPv6 without brackets)",
+            ),
+            (
+                service("").replace(
+                    "ports = [{ port = 8000, target_port = 9000 }]",
+                    "ports = []",
+                ),
+                "vipd.toml: service \"web\": ports: must list at least one port",
+            ),
+            (
+                service("").replace("port = 8000", "port = 0"),
+                "vipd.toml: service \"web\": ports[0].port: 0 is out of range 1-65535",
+            ),
+            (
+                service("").replace("target_port = 9000", "target_port = 0"),
+                "vipd.toml: service \"web\": ports[0].target_port: 0 is out of range 1-65535",
+            ),
+            (
+                service("").replace(
+                    "target_port = 9000 }",
+                    "target_port = 9000, protocol = \"udp\" }",
+                ),
+                "vipd.toml: service \"web\": ports[0].protocol: udp is not supported yet",
+            ),
+            (
+                service("").replace("}]", "}, { port = 8000 }]"),
+                "vipd.toml: service \"web\": ports[1].port: 8000 is already listed as ports[0].port",
+            ),
+            (
+                service("").replace(
+                    "9000 }]",
+                    "9000, name = \"a\" }, { port = 1, name = \"a\" }]",
+                ),
+                "vipd.toml: service \"web\": ports[1].name: \"a\" is already the name of ports[0]",
+            ),
+            (
+                service("").replace("9000 }]", "9000, name = \"-a\" }]"),
+                "vipd.toml: service \"web\": ports[0].name: \"-a\" must not start or end with '-'",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"127.0.0.1:8000\""),
+                "vipd.toml: service \"web\": endpoints[0]: 127.0.0.1:8000 is this service's own listen address 127.0.0.1:8000 (ports[0]); connections would loop",
+            ),
+            (
+                format!("{}{}", service(""), service("").replace("web", "api")),
+                "vipd.toml: service \"api\": ports[0].port: 127.0.0.1:8000 is already the listen address of service \"web\" ports[0]",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    service(""),
+                    service("")
+                        .replace("web", "api")
+                        .replace("127.0.0.1", "0.0.0.0")
+                ),
+                "vipd.toml: service \"api\": ports[0].port: 0.0.0.0:8000 overlaps 127.0.0.1:8000 of service \"web\" ports[0] (a wildcard address covers every IP of its family)",
+            ),
+        ];
+        assert_each_reports(cases);
+    }
+}
