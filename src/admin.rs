@@ -431,6 +431,8 @@ mod tests {
                     services: vec![ServiceStatus {
                         name: "web".into(),
                         vip: "10.96.0.10".into(),
+                        balance: "round_robin",
+                        session_affinity: "none",
                         ports: vec![PortStatus {
                             port: 80,
                             target_port: 8080,
@@ -441,6 +443,9 @@ mod tests {
                             healthy: true,
                             draining: false,
                             ejected: false,
+                            weight: 1,
+                            effective_weight: 1.0,
+                            backup: false,
                             active_connections: 2,
                             connections_total: 7,
                         }],

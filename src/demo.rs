@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::config::{
     Admin, Balance, Config, ConnectionSettings, EndpointSpec, Health, HealthCheck, Protocol,
-    Runtime, Service, ServicePort,
+    Runtime, Service, ServicePort, SessionAffinity, WhenAllUnhealthy,
 };
 use crate::proxy::listener::bind_tcp;
 use crate::service::Change;
@@ -47,10 +47,7 @@ pub struct Ports {
 /// The demo's config: one HTTP-checked service over three loopback backends.
 pub fn config(ports: Ports) -> Config {
     let endpoints = (0..3)
-        .map(|i| EndpointSpec {
-            ip: LOCALHOST,
-            port: Some(ports.first_backend + i),
-        })
+        .map(|i| EndpointSpec::new(LOCALHOST, Some(ports.first_backend + i)))
         .collect();
     Config {
         runtime: Runtime { workers: None },
@@ -70,6 +67,9 @@ pub fn config(ports: Ports) -> Config {
             }],
             endpoints,
             balance: Balance::RoundRobin,
+            session_affinity: SessionAffinity::None,
+            slow_start: None,
+            when_all_unhealthy: WhenAllUnhealthy::FailOpen,
             health: Health {
                 check: HealthCheck::Http {
                     path: "/healthz".to_owned(),

@@ -19,7 +19,7 @@ pub const ENDPOINT_HEALTHY: &str = "vipd_endpoint_healthy";
 pub const HEALTH_CHECKS_TOTAL: &str = "vipd_health_checks_total";
 /// `vipd_connect_duration_seconds{service}`: time to connect to an endpoint (histogram).
 pub const CONNECT_DURATION_SECONDS: &str = "vipd_connect_duration_seconds";
-/// `vipd_no_healthy_endpoints_total{service}`: connections routed fail-open because no endpoint was healthy.
+/// `vipd_no_healthy_endpoints_total{service}`: new connections that found no endpoint in rotation in any tier (routed fail-open, or refused with `fail_closed`).
 pub const NO_HEALTHY_ENDPOINTS_TOTAL: &str = "vipd_no_healthy_endpoints_total";
 /// `vipd_accept_errors_total{service}`: accept() failures (e.g. out of file descriptors).
 pub const ACCEPT_ERRORS_TOTAL: &str = "vipd_accept_errors_total";
@@ -35,6 +35,8 @@ pub const OUTLIER_EJECTIONS_TOTAL: &str = "vipd_outlier_ejections_total";
 pub const DNS_QUERIES_TOTAL: &str = "vipd_dns_queries_total";
 /// `vipd_vip_owned{service}`: 1 while vipd holds the service's VIP on its interface.
 pub const VIP_OWNED: &str = "vipd_vip_owned";
+/// `vipd_affinity_entries{service}`: client IPs remembered by session affinity.
+pub const AFFINITY_ENTRIES: &str = "vipd_affinity_entries";
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -134,7 +136,7 @@ fn describe() {
     describe_counter!(
         NO_HEALTHY_ENDPOINTS_TOTAL,
         Unit::Count,
-        "Connections routed fail-open because no endpoint was healthy."
+        "New connections that found no endpoint in rotation in any tier (routed fail-open, or refused with fail_closed)."
     );
     describe_counter!(
         ACCEPT_ERRORS_TOTAL,
@@ -170,6 +172,11 @@ fn describe() {
         VIP_OWNED,
         Unit::Count,
         "1 while vipd holds the service's VIP on its interface, else 0."
+    );
+    describe_gauge!(
+        AFFINITY_ENTRIES,
+        Unit::Count,
+        "Client IPs remembered by session affinity (swept of expired entries every 5 s)."
     );
 }
 

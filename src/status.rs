@@ -26,6 +26,11 @@ pub struct ServiceStatus {
     pub name: String,
     /// The VIP.
     pub vip: String,
+    /// The balancing policy (`round_robin`, `least_connections`, `power_of_two`, `random`,
+    /// `maglev`).
+    pub balance: &'static str,
+    /// `none` or `client_ip`.
+    pub session_affinity: &'static str,
     /// The service ports.
     pub ports: Vec<PortStatus>,
     /// Every endpoint address behind every port.
@@ -54,6 +59,12 @@ pub struct EndpointStatus {
     pub draining: bool,
     /// Ejected by outlier detection for a while.
     pub ejected: bool,
+    /// Configured weight.
+    pub weight: u32,
+    /// The weight it gets now: below `weight` while slow start ramps it up.
+    pub effective_weight: f64,
+    /// In the backup tier.
+    pub backup: bool,
     /// Connections currently open to it.
     pub active_connections: u64,
     /// Connections established to it since start.

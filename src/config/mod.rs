@@ -95,6 +95,12 @@ pub struct Service {
     pub discovery: Option<Discovery>,
     /// How connections are spread over endpoints.
     pub balance: Balance,
+    /// Whether a client IP keeps going to the same endpoint.
+    pub session_affinity: SessionAffinity,
+    /// Ramp of an endpoint's weight after it enters rotation; `None` = full weight at once.
+    pub slow_start: Option<Duration>,
+    /// What a new connection gets when no endpoint of any tier is in rotation.
+    pub when_all_unhealthy: WhenAllUnhealthy,
     /// Active health checking.
     pub health: Health,
     /// Connection handling, from `[defaults]` overridden by the service's own keys.
@@ -180,20 +186,98 @@ impl Protocol {
     }
 }
 
-/// One entry of a service's `endpoints`: an IP, with a port only for one-port services.
+/// One entry of a service's `endpoints`: an IP, with a port only for one-port services, and
+/// its place in the balancing (weight, tier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointSpec {
     /// The endpoint's address.
     pub ip: IpAddr,
     /// Explicit port; `None` = the service port's `target_port`.
     pub port: Option<u16>,
+    /// Relative share of new connections, 1-1000.
+    pub weight: u32,
+    /// In the backup tier: used only while no primary-tier endpoint is in rotation.
+    pub backup: bool,
 }
 
-/// Balancing policy.
+impl EndpointSpec {
+    /// Weight of an endpoint given without one.
+    pub const DEFAULT_WEIGHT: u32 = 1;
+    /// The largest weight.
+    pub const MAX_WEIGHT: u32 = 1000;
+
+    /// A primary-tier endpoint of weight 1.
+    pub fn new(ip: IpAddr, port: Option<u16>) -> Self {
+        EndpointSpec {
+            ip,
+            port,
+            weight: Self::DEFAULT_WEIGHT,
+            backup: false,
+        }
+    }
+}
+
+/// Balancing policy: where a new connection goes among the endpoints in rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
-    /// Each new connection goes to the next healthy endpoint in turn.
+    /// Smooth weighted round robin (nginx's algorithm); equal weights rotate strictly.
     RoundRobin,
+    /// Fewest active connections per unit of weight; ties rotate.
+    LeastConnections,
+    /// Two distinct endpoints drawn by weight; the one with fewer active connections per weight.
+    PowerOfTwo,
+    /// Weighted random.
+    Random,
+    /// Maglev consistent hashing of the client IP.
+    Maglev,
+}
+
+impl Balance {
+    /// The name used in the config file and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConnections => "least_connections",
+            Balance::PowerOfTwo => "power_of_two",
+            Balance::Random => "random",
+            Balance::Maglev => "maglev",
+        }
+    }
+}
+
+/// `session_affinity`, with Kubernetes' semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAffinity {
+    /// Every connection is placed by `balance`.
+    None,
+    /// A client IP's connections go to the endpoint of its previous one while that endpoint is
+    /// in rotation and the previous connection started less than `timeout` ago.
+    ClientIp {
+        /// `affinity_timeout`.
+        timeout: Duration,
+    },
+}
+
+impl SessionAffinity {
+    /// Default `affinity_timeout`: Kubernetes' 10800 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
+
+    /// The name used in the config file and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAffinity::None => "none",
+            SessionAffinity::ClientIp { .. } => "client_ip",
+        }
+    }
+}
+
+/// `when_all_unhealthy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAllUnhealthy {
+    /// Spread connections over every endpoint that is not draining (a probe can be wrong).
+    FailOpen,
+    /// Close new client connections at once.
+    FailClosed,
 }
 
 /// `[service.health]`.
@@ -298,6 +382,13 @@ pub fn summary(service: &Service) -> String {
         HealthCheck::Http { path } => format!("http {path} every {:?}", service.health.period),
         HealthCheck::None => "none".to_owned(),
     };
+    let affinity = match service.session_affinity {
+        SessionAffinity::None => String::new(),
+        SessionAffinity::ClientIp { timeout } => format!(
+            ", client-IP affinity for {}",
+            humantime::format_duration(timeout)
+        ),
+    };
     let endpoints = match &service.discovery {
         None => format!("{} endpoints", service.endpoints.len()),
         Some(Discovery {
@@ -310,8 +401,9 @@ pub fn summary(service: &Service) -> String {
         }) => format!("endpoints from SRV {name}"),
     };
     format!(
-        "service \"{}\": {}, {endpoints}, round robin, health {check}",
+        "service \"{}\": {}, {endpoints}, {}{affinity}, health {check}",
         service.name,
         ports.join(" "),
+        service.balance.as_str().replace('_', " "),
     )
 }

@@ -94,11 +94,22 @@ pub struct RawService {
     pub vip: String,
     /// Listened ports.
     pub ports: Vec<RawPort>,
-    /// Endpoints, as written (`IP`, `IP:PORT`, `[IPv6]`, `[IPv6]:PORT`); absent when
-    /// `[service.discovery]` supplies them (validation requires exactly one of the two).
-    pub endpoints: Option<Vec<String>>,
+    /// Endpoints, as written (an address string, or a table with `address`, `weight`,
+    /// `backup`); absent when `[service.discovery]` supplies them (validation requires exactly
+    /// one of the two).
+    pub endpoints: Option<Vec<RawEndpoint>>,
     /// Balancing policy.
     pub balance: Option<RawBalance>,
+    /// `"none"` or `"client_ip"`.
+    pub session_affinity: Option<RawSessionAffinity>,
+    /// How long a client IP sticks after its last connection started.
+    #[serde(default, deserialize_with = "duration")]
+    pub affinity_timeout: Option<Duration>,
+    /// Weight ramp of an endpoint entering rotation.
+    #[serde(default, deserialize_with = "duration")]
+    pub slow_start: Option<Duration>,
+    /// `"fail_open"` or `"fail_closed"`.
+    pub when_all_unhealthy: Option<RawWhenAllUnhealthy>,
     /// Overrides `[defaults].connect_timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub connect_timeout: Option<Duration>,
@@ -185,6 +196,97 @@ pub enum RawProtocol {
 pub enum RawBalance {
     /// `"round_robin"`.
     RoundRobin,
+    /// `"least_connections"`.
+    LeastConnections,
+    /// `"power_of_two"`.
+    PowerOfTwo,
+    /// `"random"`.
+    Random,
+    /// `"maglev"`.
+    Maglev,
+}
+
+/// `session_affinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSessionAffinity {
+    /// `"none"`.
+    None,
+    /// `"client_ip"`.
+    ClientIp,
+}
+
+/// `when_all_unhealthy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawWhenAllUnhealthy {
+    /// `"fail_open"`.
+    FailOpen,
+    /// `"fail_closed"`.
+    FailClosed,
+}
+
+/// One entry of `endpoints`: `"10.0.0.1:5432"`, or
+/// `{ address = "10.0.0.1:5432", weight = 3, backup = true }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEndpoint {
+    /// The address as written (`IP`, `IP:PORT`, `[IPv6]`, `[IPv6]:PORT`).
+    pub address: String,
+    /// `weight`, if given (table form only).
+    pub weight: Option<u32>,
+    /// `backup`, if given (table form only).
+    pub backup: Option<bool>,
+    /// Written as a table (so problems name `endpoints[i].address`).
+    pub table: bool,
+}
+
+/// The table form of an endpoint; its own struct so `deny_unknown_fields` names a typo.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpointTable {
+    address: String,
+    weight: Option<u32>,
+    backup: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    /// A string or a table. Written out rather than `#[serde(untagged)]`, whose error ("data
+    /// did not match any variant") would hide what is wrong inside a table.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawEndpoint;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an address string such as \"10.0.0.1:5432\", or a table such as \
+                     { address = \"10.0.0.1:5432\", weight = 3 }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
+                Ok(RawEndpoint {
+                    address: v.to_owned(),
+                    weight: None,
+                    backup: None,
+                    table: false,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawEndpoint, A::Error> {
+                let table = RawEndpointTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RawEndpoint {
+                    address: table.address,
+                    weight: table.weight,
+                    backup: table.backup,
+                    table: true,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `[service.health]`.

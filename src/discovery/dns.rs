@@ -98,26 +98,30 @@ impl DnsResolver {
                 let endpoints = addresses
                     .ips
                     .iter()
-                    .map(|&ip| EndpointSpec { ip, port: None })
+                    .map(|&ip| EndpointSpec::new(ip, None))
                     .collect::<Vec<_>>();
                 (endpoints, addresses.ttl)
             }
             DiscoverySource::Srv(name) => {
                 let (targets, mut ttl) = self.srv(name).await?;
+                // RFC 2782: the lowest priority present is the one to use; the rest are backups.
+                let primary = targets.iter().map(|t| t.priority).min();
                 // Each distinct host is resolved once, however many records name it. One after
                 // the other: a set is small and every query goes to a nearby nameserver.
-                let mut hosts: BTreeMap<Name, Vec<u16>> = BTreeMap::new();
-                for (target, port) in targets {
-                    hosts.entry(target).or_default().push(port);
+                let mut hosts: BTreeMap<Name, Vec<SrvTarget>> = BTreeMap::new();
+                for target in targets {
+                    hosts.entry(target.host.clone()).or_default().push(target);
                 }
                 let mut endpoints = Vec::new();
-                for (host, ports) in hosts {
+                for (host, records) in hosts {
                     let addresses = self.addresses(&host.to_string()).await?;
                     for &ip in &addresses.ips {
-                        for &port in &ports {
+                        for record in &records {
                             endpoints.push(EndpointSpec {
                                 ip,
-                                port: Some(port),
+                                port: Some(record.port),
+                                weight: srv_weight(record.weight),
+                                backup: Some(record.priority) != primary,
                             });
                         }
                     }
@@ -126,8 +130,10 @@ impl DnsResolver {
                 (endpoints, ttl)
             }
         };
-        endpoints.sort_by_key(|e| (e.ip, e.port));
-        endpoints.dedup();
+        // An address named twice keeps its best placement: primary before backup, then the
+        // larger weight.
+        endpoints.sort_by_key(|e| (e.ip, e.port, e.backup, std::cmp::Reverse(e.weight)));
+        endpoints.dedup_by_key(|e| (e.ip, e.port));
         Ok(Answer { endpoints, ttl })
     }
 
@@ -155,14 +161,19 @@ impl DnsResolver {
         })
     }
 
-    /// SRV records of `name` as (target, port), skipping the "no service" target `.`.
-    async fn srv(&self, name: &str) -> Result<(Vec<(Name, u16)>, Option<Duration>), LookupError> {
+    /// SRV records of `name`, skipping the "no service" target `.`.
+    async fn srv(&self, name: &str) -> Result<(Vec<SrvTarget>, Option<Duration>), LookupError> {
         let answer = self.query(name, RecordType::SRV).await?;
         let targets = answer
             .records
             .iter()
             .filter_map(|data| match data {
-                RData::SRV(srv) if !srv.target.is_root() => Some((srv.target.clone(), srv.port)),
+                RData::SRV(srv) if !srv.target.is_root() => Some(SrvTarget {
+                    host: srv.target.clone(),
+                    port: srv.port,
+                    priority: srv.priority,
+                    weight: srv.weight,
+                }),
                 _ => None,
             })
             .collect();
@@ -193,6 +204,20 @@ impl DnsResolver {
             }),
         }
     }
+}
+
+/// One SRV record's target.
+struct SrvTarget {
+    host: Name,
+    port: u16,
+    priority: u16,
+    weight: u16,
+}
+
+/// An SRV weight as an endpoint weight: 0 ("rarely, if ever") becomes the smallest weight, 1;
+/// weights above the largest endpoint weight, 1000, are capped there.
+fn srv_weight(weight: u16) -> u32 {
+    u32::from(weight).clamp(1, EndpointSpec::MAX_WEIGHT)
 }
 
 /// The record data of one answer and its smallest TTL.

@@ -210,10 +210,7 @@ mod tests {
 
     #[test]
     fn change_lists_added_and_removed_endpoints() {
-        let ep = |ip: &str, port: Option<u16>| EndpointSpec {
-            ip: ip.parse().unwrap(),
-            port,
-        };
+        let ep = |ip: &str, port: Option<u16>| EndpointSpec::new(ip.parse().unwrap(), port);
         let old = [ep("10.0.0.1", None), ep("10.0.0.2", None)];
         let new = [ep("10.0.0.2", None), ep("::1", None)];
         let change = Change::between(&old, &new);
@@ -265,13 +262,7 @@ mod run_tests {
 
     /// Endpoints without port, as `Dns` discovery sends them, sorted like `run` sorts them.
     fn plain(ips: &[&str]) -> Vec<EndpointSpec> {
-        let mut v: Vec<EndpointSpec> = ips
-            .iter()
-            .map(|t| EndpointSpec {
-                ip: ip(t),
-                port: None,
-            })
-            .collect();
+        let mut v: Vec<EndpointSpec> = ips.iter().map(|t| EndpointSpec::new(ip(t), None)).collect();
         v.sort_by_key(|e| (e.ip, e.port));
         v
     }
@@ -535,10 +526,7 @@ mod run_tests {
         let with_port = |pairs: &[(&str, u16)]| -> Vec<EndpointSpec> {
             let mut v: Vec<EndpointSpec> = pairs
                 .iter()
-                .map(|&(t, port)| EndpointSpec {
-                    ip: ip(t),
-                    port: Some(port),
-                })
+                .map(|&(t, port)| EndpointSpec::new(ip(t), Some(port)))
                 .collect();
             v.sort_by_key(|e| (e.ip, e.port));
             v
@@ -570,6 +558,50 @@ mod run_tests {
         // The SRV set shrinks.
         dns.set_srv(srv, 30, &[(9002, "b.web.test")]);
         assert_eq!(d.next().await, with_port(&[("127.0.0.3", 9002)]));
+        d.stop().await;
+    }
+
+    /// RFC 2782: the lowest priority present is the primary tier, the others are backups; the
+    /// record's weight is the endpoint's (0 → 1, capped at 1000).
+    #[tokio::test(start_paused = true)]
+    async fn srv_priority_is_the_tier_and_weight_the_weight() {
+        let dns = TestDns::start().await;
+        let srv = "_pg._tcp.db.test";
+        dns.set_srv_records(
+            srv,
+            30,
+            &[
+                (10, 3, 5432, "a.db.test"),
+                (10, 0, 5432, "b.db.test"),
+                (20, 60000, 5432, "c.db.test"),
+                // Named twice: the primary record wins.
+                (30, 5, 5432, "a.db.test"),
+            ],
+        );
+        dns.set_addresses("a.db.test", 30, &[ip("127.0.0.1")]);
+        dns.set_addresses("b.db.test", 30, &[ip("127.0.0.2")]);
+        dns.set_addresses("c.db.test", 30, &[ip("127.0.0.3")]);
+        let mut d = Discovering::start(
+            "disc-srv-tiers",
+            &dns,
+            DiscoverySource::Srv(srv.into()),
+            1,
+            30,
+        );
+        let got: Vec<(String, u32, bool)> = d
+            .next()
+            .await
+            .iter()
+            .map(|e| (e.ip.to_string(), e.weight, e.backup))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("127.0.0.1".to_owned(), 3, false),
+                ("127.0.0.2".to_owned(), 1, false),
+                ("127.0.0.3".to_owned(), 1000, true),
+            ]
+        );
         d.stop().await;
     }
 

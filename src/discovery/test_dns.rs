@@ -118,16 +118,24 @@ impl TestDns {
         zone.set(name, RecordType::AAAA, v6);
     }
 
-    /// Sets the SRV records of `name` to `(port, target)` pairs; none removes them.
+    /// Sets the SRV records of `name` to `(port, target)` pairs of priority 0 and weight 1;
+    /// none removes them.
     pub fn set_srv(&self, name: &str, ttl: u32, targets: &[(u16, &str)]) {
+        let records: Vec<(u16, u16, u16, &str)> =
+            targets.iter().map(|&(port, t)| (0, 1, port, t)).collect();
+        self.set_srv_records(name, ttl, &records);
+    }
+
+    /// Sets the SRV records of `name` to `(priority, weight, port, target)`.
+    pub fn set_srv_records(&self, name: &str, ttl: u32, targets: &[(u16, u16, u16, &str)]) {
         let name = fqdn(name);
         let records = targets
             .iter()
-            .map(|&(port, target)| {
+            .map(|&(priority, weight, port, target)| {
                 Record::from_rdata(
                     name.clone(),
                     ttl,
-                    RData::SRV(SRV::new(0, 10, port, fqdn(target))),
+                    RData::SRV(SRV::new(priority, weight, port, fqdn(target))),
                 )
             })
             .collect();

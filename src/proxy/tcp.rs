@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::copy::{self, ByteCounters, CopyEnd, Limits};
-use crate::service::{Endpoint, ServiceState, Snapshot};
+use crate::balance::affinity_timeout;
+use crate::service::endpoint::ActiveConnection;
+use crate::service::{Endpoint, Rotation, ServiceState, Snapshot};
 
 /// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -108,12 +110,12 @@ fn handle(
 ) -> impl Future<Output = ()> {
     async move {
         let service = &*service;
-        let Some((endpoint, mut upstream, settings)) = connect(service, port).await else {
+        let Some((active, mut upstream, settings)) = connect(service, port, &client).await else {
             service.metrics.connections_failed.increment(1);
             tracing::debug!(service = service.name(), peer = ?client.peer_addr().ok(), "no endpoint reachable; closing client connection");
             return;
         };
-        let _active = endpoint.connection_opened();
+        let endpoint = active.endpoint();
         let counters = ByteCounters {
             inbound: &endpoint.metrics.bytes_in,
             outbound: &endpoint.metrics.bytes_out,
@@ -142,8 +144,6 @@ fn handle(
     }
 }
 
-/// Picks and connects to an endpoint of the port, trying up to `max_connect_attempts` distinct
-/// endpoints in picker order. Returns `None` when every attempt failed.
 /// The timeouts a connection keeps once connected (a copy: the snapshot is not held for the
 /// connection's life).
 #[derive(Debug, Clone, Copy)]
@@ -152,38 +152,67 @@ struct Timeouts {
     drain_timeout: Duration,
 }
 
+/// Picks and connects to an endpoint of the port for `client`, trying up to
+/// `max_connect_attempts` distinct endpoints in the tier's order from the pick. Returns `None`
+/// when every attempt failed, or no endpoint may be used.
 async fn connect(
     service: &ServiceState,
     port: u16,
-) -> Option<(Arc<Endpoint>, TcpStream, Timeouts)> {
+    client: &TcpStream,
+) -> Option<(ActiveConnection, TcpStream, Timeouts)> {
     let snapshot = service.snapshot();
     // The port can be gone when a reload removed it after this connection was accepted.
     let pool = snapshot.pool(port)?;
-    let (candidates, failed_open) = pool.candidates();
-    if candidates.is_empty() {
-        return None;
+    match pool.rotation {
+        Rotation::Primary | Rotation::Backup => {}
+        Rotation::FailedOpen => service.metrics.no_healthy_endpoints.increment(1),
+        Rotation::Closed => {
+            if !snapshot.endpoints.is_empty() {
+                // Endpoints exist but none is in rotation, and the service fails closed.
+                service.metrics.no_healthy_endpoints.increment(1);
+            }
+            return None;
+        }
     }
-    if failed_open {
-        service.metrics.no_healthy_endpoints.increment(1);
-    }
+    let candidates = pool.tier.candidates();
     let settings = &snapshot.config.connection;
     let timeouts = Timeouts {
         idle_timeout: settings.idle_timeout,
         drain_timeout: settings.drain_timeout,
     };
-    let first = pool.picker.first(candidates.len());
+    // Asked of the socket only when a pick reads it: it is not kept per connection.
+    let client_ip = if pool.needs_client {
+        client.peer_addr().ok().map(|a| a.ip())
+    } else {
+        None
+    };
+    let first = pool.first(
+        client_ip,
+        affinity_timeout(snapshot.config.session_affinity),
+    );
     let attempts = (settings.max_connect_attempts.get() as usize).min(candidates.len());
     for offset in 0..attempts {
-        let endpoint = &candidates[(first + offset) % candidates.len()];
+        let endpoint = &candidates[(first + offset) % candidates.len()].endpoint;
+        let socket = match new_socket(endpoint.addr()) {
+            Ok(socket) => socket,
+            Err(error) => {
+                // Out of descriptors or memory here: not the endpoint's fault, and no other
+                // endpoint would fare better.
+                tracing::debug!(service = service.name(), %error, "cannot create an upstream socket");
+                return None;
+            }
+        };
+        let attempt = endpoint.attempt();
         let started = Instant::now();
-        match timeout(settings.connect_timeout, connect_once(endpoint.addr())).await {
+        match timeout(settings.connect_timeout, socket.connect(endpoint.addr())).await {
             Ok(Ok(stream)) => {
                 endpoint.record_connect_success();
                 service
                     .metrics
                     .connect_duration
                     .record(started.elapsed().as_secs_f64());
-                return Some((Arc::clone(endpoint), stream, timeouts));
+                pool.remember(client_ip, endpoint);
+                return Some((attempt.established(), stream, timeouts));
             }
             Ok(Err(error)) => {
                 report_failure(service, &snapshot, endpoint);
@@ -209,13 +238,13 @@ fn report_failure(service: &ServiceState, snapshot: &Snapshot, endpoint: &Endpoi
     }
 }
 
-/// One TCP connect with the socket options every upstream connection gets.
-async fn connect_once(addr: SocketAddr) -> io::Result<TcpStream> {
+/// A socket for a connect to `addr`, with the options every upstream connection gets.
+fn new_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_nodelay(true)?;
-    socket.connect(addr).await
+    Ok(socket)
 }

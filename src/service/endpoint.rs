@@ -2,6 +2,7 @@
 //! (atomics) and its metric handles (created once, here, never per connection).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
@@ -73,6 +74,15 @@ impl EndpointMetrics {
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
+    /// Unique in the process for the endpoint's life: what affinity entries point at, so they
+    /// survive rebuilds that keep the endpoint and die with it.
+    id: u32,
+    /// Configured weight, 1-1000.
+    weight: AtomicU32,
+    /// Effective weight in percent of `weight` (below 100 during slow start).
+    weight_percent: AtomicU32,
+    /// In the backup tier.
+    backup: AtomicBool,
     healthy: AtomicBool,
     /// Drained by an operator, or removed from the service and waiting for its connections.
     draining: AtomicBool,
@@ -99,8 +109,15 @@ impl Endpoint {
     pub fn new(service: &str, addr: SocketAddr, service_retired: &CancellationToken) -> Self {
         let metrics = EndpointMetrics::new(service, addr);
         metrics.healthy.set(1.0);
+        // Relaxed: only uniqueness matters. Wrapping after 2^32 endpoints in one process would
+        // at worst let a stale affinity entry name a new endpoint, which is valid anyway.
+        static NEXT_ID: AtomicU32 = AtomicU32::new(0);
         Endpoint {
             addr,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            weight: AtomicU32::new(crate::config::EndpointSpec::DEFAULT_WEIGHT),
+            weight_percent: AtomicU32::new(crate::balance::FULL_WEIGHT_PERCENT),
+            backup: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             ejected: AtomicBool::new(false),
@@ -117,6 +134,42 @@ impl Endpoint {
     /// The address connections go to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The endpoint's process-unique id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint is in the backup tier.
+    pub fn is_backup(&self) -> bool {
+        self.backup.load(Ordering::Relaxed)
+    }
+
+    /// Sets weight and tier from the endpoint's spec (owner task only).
+    pub fn set_placement(&self, weight: u32, backup: bool) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.backup.store(backup, Ordering::Relaxed);
+    }
+
+    /// Percent of its weight the endpoint gets now: below 100 while slow start ramps it up.
+    pub fn weight_percent(&self) -> u32 {
+        self.weight_percent.load(Ordering::Relaxed)
+    }
+
+    /// Sets the slow-start percent (owner task only).
+    pub fn set_weight_percent(&self, percent: u32) {
+        self.weight_percent.store(percent, Ordering::Relaxed);
+    }
+
+    /// Effective weight in the units pickers use: weight × percent.
+    pub fn effective_weight(&self) -> u32 {
+        self.weight() * self.weight_percent()
     }
 
     /// Current verdict of active health checks.
@@ -210,7 +263,7 @@ impl Endpoint {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
 
-    /// Connections open to this endpoint now.
+    /// Connections open to this endpoint now, including connects in flight.
     pub fn active_connections(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }
@@ -220,27 +273,74 @@ impl Endpoint {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Counts a newly established connection; the guard counts it closed when dropped.
-    pub fn connection_opened(&self) -> ActiveConnection<'_> {
-        self.total.fetch_add(1, Ordering::Relaxed);
+    /// Counts a connect attempt as active from now on (so connection-count policies see
+    /// connects in flight); it counts as established by [`Attempt::established`], and is
+    /// forgotten when dropped before.
+    pub fn attempt(self: &Arc<Self>) -> Attempt {
         self.active.fetch_add(1, Ordering::Relaxed);
-        self.metrics.connections.increment(1);
-        self.metrics.active.increment(1.0);
-        ActiveConnection { endpoint: self }
+        Attempt {
+            endpoint: Some(Arc::clone(self)),
+        }
+    }
+
+    /// Counts a newly established connection; the guard counts it closed when dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> ActiveConnection {
+        self.attempt().established()
+    }
+
+    fn release(&self) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// A connect attempt to an endpoint, counted in its active connections until dropped or
+/// established.
+#[derive(Debug)]
+pub struct Attempt {
+    /// `None` once established (the count moved to the [`ActiveConnection`]).
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+impl Attempt {
+    /// The connect succeeded: the connection counts as established.
+    pub fn established(mut self) -> ActiveConnection {
+        let endpoint = self
+            .endpoint
+            .take()
+            .expect("an attempt is established once");
+        endpoint.total.fetch_add(1, Ordering::Relaxed);
+        endpoint.metrics.connections.increment(1);
+        endpoint.metrics.active.increment(1.0);
+        ActiveConnection { endpoint }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.release();
+        }
     }
 }
 
 /// An established connection to an endpoint; dropping it updates the active counts.
 #[derive(Debug)]
-pub struct ActiveConnection<'a> {
-    endpoint: &'a Endpoint,
+pub struct ActiveConnection {
+    endpoint: Arc<Endpoint>,
 }
 
-impl Drop for ActiveConnection<'_> {
+impl ActiveConnection {
+    /// The endpoint the connection goes to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.endpoint.metrics.active.decrement(1.0);
-        if self.endpoint.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.endpoint.idle.notify_waiters();
-        }
+        self.endpoint.release();
     }
 }

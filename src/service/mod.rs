@@ -7,10 +7,12 @@
 //! - [`owner`]: the one task per service that follows the endpoint set, runs health probes,
 //!   applies drains, ejections and reconfigurations, and publishes new snapshots.
 //! - [`outlier`]: the passive ejection policy.
+//! - [`slow_start`]: the weight ramp of an endpoint entering rotation.
 
 pub mod endpoint;
 pub mod outlier;
 pub mod owner;
+pub mod slow_start;
 pub mod snapshot;
 
 use std::net::SocketAddr;
@@ -22,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use endpoint::Endpoint;
-pub use snapshot::{PortPool, Snapshot};
+pub use snapshot::{Placement, PortPool, Rotation, Snapshot};
 
 use crate::config;
 use crate::metrics as names;
@@ -177,8 +179,13 @@ impl ServiceState {
                     .map(|p| {
                         PortPool::new(
                             p.port,
-                            Vec::new(),
-                            Arc::new(crate::balance::Picker::new(config.balance)),
+                            &[],
+                            Placement::of(&config),
+                            Arc::new(crate::balance::PickerState::new(
+                                config.session_affinity,
+                                tokio::time::Instant::now(),
+                            )),
+                            &mut crate::balance::MaglevTables::default(),
                         )
                     })
                     .collect(),
@@ -326,6 +333,8 @@ impl ServiceState {
         ServiceStatus {
             name: config.name.clone(),
             vip: config.vip.to_string(),
+            balance: config.balance.as_str(),
+            session_affinity: config.session_affinity.as_str(),
             ports: config
                 .ports
                 .iter()
@@ -344,6 +353,10 @@ impl ServiceState {
                     healthy: e.is_healthy(),
                     draining: e.is_draining(),
                     ejected: e.is_ejected(),
+                    weight: e.weight(),
+                    effective_weight: f64::from(e.effective_weight())
+                        / f64::from(crate::balance::FULL_WEIGHT_PERCENT),
+                    backup: e.is_backup(),
                     active_connections: e.active_connections(),
                     connections_total: e.connections_total(),
                 })

@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
-use tokio::time::{MissedTickBehavior, interval, sleep};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::outlier::OutlierPolicy;
+use super::slow_start;
+use super::snapshot::Placement;
 use super::{Change, Command, Endpoint, Inbox, PortPool, ServiceEvent, ServiceState, Snapshot};
-use crate::balance::Picker;
+use crate::balance::{MaglevTables, PickerState, affinity_timeout};
 use crate::config::{self, EndpointSpec, Health, HealthCheck};
 use crate::health::{HealthState, ProbeError, probe};
 
@@ -40,6 +42,9 @@ enum Background {
     Gone(SocketAddr),
 }
 
+/// How often the affinity tables are swept of expired entries (and the gauge set).
+const AFFINITY_SWEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An endpoint currently in the service.
 struct Member {
     endpoint: Arc<Endpoint>,
@@ -48,6 +53,10 @@ struct Member {
     probed: bool,
     ejections: u32,
     ejection: u64,
+    /// Whether the endpoint was in rotation at the last publish (to see it enter rotation).
+    was_in_rotation: bool,
+    /// When slow start began ramping the endpoint; `None` = at full weight.
+    ramp_started: Option<Instant>,
 }
 
 /// Starts the owner of `service`: publishes the first snapshot now (static endpoints are in it
@@ -60,6 +69,11 @@ pub fn start(service: Arc<ServiceState>, inbox: Inbox) -> impl Future<Output = (
     let config = service.config();
     let mut owner = Owner {
         pickers: pickers_for(&config, &HashMap::new()),
+        tables: MaglevTables::default(),
+        affinity_gauge: metrics::gauge!(
+            crate::metrics::AFFINITY_ENTRIES,
+            &[("service", service.name().to_owned())]
+        ),
         source: Source::start(&service, &config),
         config,
         service,
@@ -81,7 +95,11 @@ struct Owner {
     members: Vec<Member>,
     /// Removed endpoints whose connections are still draining.
     leaving: Vec<Arc<Endpoint>>,
-    pickers: HashMap<u16, Arc<Picker>>,
+    pickers: HashMap<u16, Arc<PickerState>>,
+    /// Maglev tables of the current snapshot, reused while their endpoint sets stay.
+    tables: MaglevTables,
+    /// `vipd_affinity_entries{service}`.
+    affinity_gauge: metrics::Gauge,
     probes: JoinSet<()>,
     reports_tx: mpsc::Sender<ProbeReport>,
     background: JoinSet<Background>,
@@ -95,9 +113,15 @@ impl Owner {
         mut reports: mpsc::Receiver<ProbeReport>,
     ) {
         let retired = self.service.retired().clone();
+        let mut sweep = interval(AFFINITY_SWEEP);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            let ramp_step = self.next_ramp_step();
             tokio::select! {
                 _ = retired.cancelled() => break,
+                // While an endpoint ramps up, its weight grows in steps of one percent.
+                () = sleep_until(ramp_step.unwrap_or_else(Instant::now)), if ramp_step.is_some() => self.publish(),
+                _ = sweep.tick(), if self.config.session_affinity != config::SessionAffinity::None => self.sweep_affinity(),
                 Some(command) = commands.recv() => self.on_command(command),
                 Some((addr, result)) = reports.recv() => self.on_probe(addr, result),
                 changed = self.source.sets.changed() => {
@@ -174,6 +198,12 @@ impl Owner {
                 in_rotation: in_rotation(&kept),
             });
         }
+        let placements = placements(&self.config, &specs);
+        for member in &kept {
+            if let Some(&(weight, backup)) = placements.get(&member.endpoint.addr()) {
+                member.endpoint.set_placement(weight, backup);
+            }
+        }
         self.members = kept;
         for (addr, member) in previous {
             if let Some(probe) = member.probe {
@@ -196,6 +226,8 @@ impl Owner {
             probe,
             ejections: 0,
             ejection: 0,
+            was_in_rotation: false,
+            ramp_started: None,
         }
     }
 
@@ -409,8 +441,16 @@ impl Owner {
                 member.endpoint.set_ejected(false);
             }
         }
-        if old.balance != config.balance || old.ports != config.ports {
+        if old.session_affinity != config.session_affinity || old.ports != config.ports {
             self.pickers = pickers_for(&config, &self.pickers);
+            if config.session_affinity == config::SessionAffinity::None {
+                self.affinity_gauge.set(0.0);
+            }
+        }
+        if config.slow_start.is_none() || config.balance == config::Balance::Maglev {
+            for member in &mut self.members {
+                member.ramp_started = None;
+            }
         }
         tracing::info!(service = self.service.name(), "service settings updated");
         // Endpoint addresses depend on target ports too.
@@ -424,31 +464,99 @@ impl Owner {
         }
     }
 
+    /// The slow-start window, when the service ramps endpoints (never with `maglev`, where a
+    /// ramp would move clients twice).
+    fn ramp_window(&self) -> Option<std::time::Duration> {
+        self.config
+            .slow_start
+            .filter(|_| self.config.balance != config::Balance::Maglev)
+    }
+
+    /// When the next slow-start step is due, if an endpoint is ramping.
+    fn next_ramp_step(&self) -> Option<Instant> {
+        let window = self.ramp_window()?;
+        let now = Instant::now();
+        self.members
+            .iter()
+            .filter_map(|m| {
+                let started = m.ramp_started?;
+                slow_start::next_step(now.saturating_duration_since(started), window)
+                    .map(|at| started + at)
+            })
+            .min()
+    }
+
+    /// Updates each member's slow-start ramp: an endpoint entering rotation after the first
+    /// health round starts at 10%; one leaving rotation stops ramping.
+    fn update_ramps(&mut self) {
+        let window = self.ramp_window();
+        let started_up = self.service.first_round_done();
+        let now = Instant::now();
+        for member in &mut self.members {
+            let in_rotation = member.endpoint.in_rotation();
+            if !in_rotation {
+                member.ramp_started = None;
+            } else if !member.was_in_rotation && started_up && window.is_some() {
+                member.ramp_started = Some(now);
+            }
+            member.was_in_rotation = in_rotation;
+            let percent = match (member.ramp_started, window) {
+                (Some(started), Some(window)) => {
+                    slow_start::percent(now.saturating_duration_since(started), window)
+                }
+                _ => slow_start::FULL_PERCENT,
+            };
+            if percent >= slow_start::FULL_PERCENT {
+                member.ramp_started = None;
+            }
+            member.endpoint.set_weight_percent(percent);
+        }
+    }
+
+    /// Clears expired affinity entries and sets `vipd_affinity_entries`.
+    fn sweep_affinity(&self) {
+        let Some(timeout) = affinity_timeout(self.config.session_affinity) else {
+            return;
+        };
+        let now = Instant::now();
+        let live: usize = self
+            .pickers
+            .values()
+            .filter_map(|p| p.affinity())
+            .map(|table| table.sweep(now, timeout))
+            .sum();
+        self.affinity_gauge.set(live as f64);
+    }
+
     /// Builds and publishes a snapshot from the members as they are now.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.update_ramps();
         let by_addr: HashMap<SocketAddr, &Arc<Endpoint>> = self
             .members
             .iter()
             .map(|m| (m.endpoint.addr(), &m.endpoint))
             .collect();
         let specs = self.source.sets.borrow().clone().unwrap_or_default();
+        let placement = Placement::of(&self.config);
         let ports = self
             .config
             .ports
             .iter()
             .map(|port| {
-                let endpoints = port_addresses(port, &specs)
+                let endpoints: Vec<Arc<Endpoint>> = port_addresses(port, &specs)
                     .iter()
                     .filter_map(|a| by_addr.get(a).map(|e| Arc::clone(e)))
                     .collect();
-                let picker = self
-                    .pickers
-                    .get(&port.port)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Picker::new(self.config.balance)));
-                PortPool::new(port.port, endpoints, picker)
+                let picker = self.pickers.get(&port.port).cloned().unwrap_or_else(|| {
+                    Arc::new(PickerState::new(
+                        self.config.session_affinity,
+                        Instant::now(),
+                    ))
+                });
+                PortPool::new(port.port, &endpoints, placement, picker, &mut self.tables)
             })
             .collect();
+        self.tables.finish_round();
         let endpoints: Vec<Arc<Endpoint>> = self
             .members
             .iter()
@@ -569,23 +677,40 @@ fn port_addresses(port: &config::ServicePort, specs: &[EndpointSpec]) -> Vec<Soc
         .collect()
 }
 
-/// Pickers per service port, keeping the state of ports that stay.
+/// Picker state per service port, keeping the state of ports that stay (rotation position and
+/// affinity entries survive reloads) unless affinity was switched on or off.
 fn pickers_for(
     config: &config::Service,
-    old: &HashMap<u16, Arc<Picker>>,
-) -> HashMap<u16, Arc<Picker>> {
+    old: &HashMap<u16, Arc<PickerState>>,
+) -> HashMap<u16, Arc<PickerState>> {
     config
         .ports
         .iter()
         .map(|p| {
             let picker = old
                 .get(&p.port)
-                .filter(|picker| picker.policy() == config.balance)
+                .filter(|picker| picker.fits(config.session_affinity))
                 .cloned()
-                .unwrap_or_else(|| Arc::new(Picker::new(config.balance)));
+                .unwrap_or_else(|| {
+                    Arc::new(PickerState::new(config.session_affinity, Instant::now()))
+                });
             (p.port, picker)
         })
         .collect()
+}
+
+/// Weight and tier of every endpoint address of the service.
+fn placements(
+    config: &config::Service,
+    specs: &[EndpointSpec],
+) -> HashMap<SocketAddr, (u32, bool)> {
+    let mut out = HashMap::new();
+    for port in &config.ports {
+        for (addr, spec) in port_addresses(port, specs).into_iter().zip(specs) {
+            out.entry(addr).or_insert((spec.weight, spec.backup));
+        }
+    }
+    out
 }
 
 /// Where to probe an endpoint: its own address, or its IP with the configured probe port.

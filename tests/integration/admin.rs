@@ -8,22 +8,8 @@ use vipd::config::HealthCheck;
 
 use crate::support::backend::{Behaviour, HttpBackend};
 use crate::support::harness::with_health;
-use crate::support::http::{get, request};
+use crate::support::http::{get, request, sample};
 use crate::support::{Backend, Running, echo_round_trip, service};
-
-/// The value of the sample `name{labels}` in a Prometheus text page (labels in export order).
-fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|line| {
-            line.starts_with(&format!("{name}{{"))
-                && labels
-                    .iter()
-                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test]
 async fn metrics_count_known_traffic() {

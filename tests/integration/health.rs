@@ -26,7 +26,10 @@ async fn tcp_check_marks_down_and_up_and_traffic_follows() {
     vipd.ready().await;
     let service = vipd.service("tcp-health");
     let mut events = service.subscribe();
-    assert_eq!(service.snapshot().ports[0].healthy.len(), 2);
+    assert_eq!(
+        service.snapshot().ports[0].in_rotation_candidates().len(),
+        2
+    );
 
     flaky.stop().await;
     let down = next_change(&mut events, flaky.addr, Change::Down).await;
@@ -69,7 +72,11 @@ async fn http_check_follows_status_codes_with_thresholds() {
     backend.set_status(503);
     next_change(&mut events, backend.addr, Change::Down).await;
     assert!(!endpoint.is_healthy());
-    assert!(service.snapshot().ports[0].healthy.is_empty());
+    assert!(
+        service.snapshot().ports[0]
+            .in_rotation_candidates()
+            .is_empty()
+    );
 
     let ok_before = backend.ok_answers();
     backend.set_status(302);
@@ -80,5 +87,8 @@ async fn http_check_follows_status_codes_with_thresholds() {
         "flipped up after {} successes",
         backend.ok_answers() - ok_before
     );
-    assert_eq!(service.snapshot().ports[0].healthy.len(), 1);
+    assert_eq!(
+        service.snapshot().ports[0].in_rotation_candidates().len(),
+        1
+    );
 }

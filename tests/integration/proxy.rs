@@ -17,11 +17,7 @@ use crate::support::name_through;
 use crate::support::{Backend, Running, echo_round_trip, service, within};
 
 async fn named_backends(n: usize) -> Vec<Backend> {
-    let mut backends = Vec::new();
-    for i in 0..n {
-        backends.push(Backend::start(&format!("backend-{i}"), Behaviour::Name).await);
-    }
-    backends
+    crate::support::backend::named_backends(n, Behaviour::Name).await
 }
 
 #[tokio::test]

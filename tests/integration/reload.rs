@@ -53,7 +53,7 @@ async fn reload_adds_removes_and_changes_services_while_others_keep_serving() {
     assert!(summary.contains("reload-added"), "{summary}");
     // A service is published with its endpoints before its listener opens.
     let added = vipd.service("reload-added").snapshot();
-    assert_eq!(added.ports[0].endpoints.len(), 1);
+    assert_eq!(added.ports[0].tier.candidates().len(), 1);
 
     // The unchanged service's connection never noticed.
     echo_round_trip(&mut long_lived, &[42u8; 100_000]).await;

@@ -1,10 +1,12 @@
-//! A service's static `endpoints` list, and the syntax of an endpoint address (also used for
-//! `dns.forward` upstreams).
+//! A service's static `endpoints` list — address strings, or tables with `address`, `weight`
+//! and `backup` — and the syntax of an endpoint address (also used for `dns.forward`
+//! upstreams).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Validator;
+use crate::config::raw::RawEndpoint;
 use crate::config::{EndpointSpec, ProblemScope, ServicePort};
 
 impl Validator {
@@ -13,7 +15,7 @@ impl Validator {
     pub(super) fn endpoints(
         &mut self,
         scope: &ProblemScope,
-        raw: &[String],
+        raw: &[RawEndpoint],
         ports: &[(bool, ServicePort)],
         require_some: bool,
     ) -> Vec<(bool, EndpointSpec)> {
@@ -28,23 +30,43 @@ impl Validator {
         let mut out: Vec<(bool, EndpointSpec)> = Vec::with_capacity(raw.len());
         // Effective (IP, port) → index of the first endpoint with it.
         let mut seen: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
-        for (i, text) in raw.iter().enumerate() {
-            let key = format!("endpoints[{i}]");
+        for (i, entry) in raw.iter().enumerate() {
+            let text = &entry.address;
+            // A table's address is its own key, so the message points at the right value.
+            let key = if entry.table {
+                format!("endpoints[{i}].address")
+            } else {
+                format!("endpoints[{i}]")
+            };
+            let mut ok = true;
+            let weight = match entry.weight {
+                None => EndpointSpec::DEFAULT_WEIGHT,
+                Some(w) if (1..=EndpointSpec::MAX_WEIGHT).contains(&w) => w,
+                Some(w) => {
+                    self.push(
+                        scope,
+                        format!("endpoints[{i}].weight"),
+                        format!("{w} is out of range 1-{}", EndpointSpec::MAX_WEIGHT),
+                    );
+                    ok = false;
+                    EndpointSpec::DEFAULT_WEIGHT
+                }
+            };
             let spec = match parse_endpoint(text) {
-                Ok(spec) => spec,
+                Ok(spec) => EndpointSpec {
+                    weight,
+                    backup: entry.backup.unwrap_or(false),
+                    ..spec
+                },
                 Err(message) => {
                     self.push(scope, key, message);
                     out.push((
                         false,
-                        EndpointSpec {
-                            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                            port: None,
-                        },
+                        EndpointSpec::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
                     ));
                     continue;
                 }
             };
-            let mut ok = true;
             if spec.ip.is_unspecified() {
                 // Connecting to 0.0.0.0 / :: silently means "this host"; say so explicitly.
                 self.push(
@@ -73,7 +95,7 @@ impl Validator {
                     &key,
                     format!(
                         "\"{text}\" is the same endpoint as endpoints[{j}] (\"{}\")",
-                        raw[*j]
+                        raw[*j].address
                     ),
                 );
                 ok = false;
@@ -81,6 +103,15 @@ impl Validator {
                 seen.insert(effective, i);
             }
             out.push((ok, spec));
+        }
+        // RFC 2782's rule for SRV, and the only sensible one for a list: backups back something.
+        if !raw.is_empty() && out.iter().all(|(ok, e)| *ok && e.backup) {
+            self.push(
+                scope,
+                "endpoints",
+                "every endpoint is a backup; at least one must be in the primary tier \
+                 (backup = false)",
+            );
         }
         out
     }
@@ -104,21 +135,18 @@ pub(super) fn parse_endpoint(text: &str) -> Result<EndpointSpec, String> {
                 None => return Err(format!("\"{text}\" has junk after ']'; {forms}")),
             },
         };
-        return Ok(EndpointSpec {
-            ip: IpAddr::V6(ip),
-            port,
-        });
+        return Ok(EndpointSpec::new(IpAddr::V6(ip), port));
     }
     if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok(EndpointSpec { ip, port: None });
+        return Ok(EndpointSpec::new(ip, None));
     }
     if let Some((host, port)) = text.rsplit_once(':')
         && let Ok(ip) = host.parse::<Ipv4Addr>()
     {
-        return Ok(EndpointSpec {
-            ip: IpAddr::V4(ip),
-            port: Some(parse_port(text, port)?),
-        });
+        return Ok(EndpointSpec::new(
+            IpAddr::V4(ip),
+            Some(parse_port(text, port)?),
+        ));
     }
     Err(format!("\"{text}\" is not an endpoint address; {forms}"))
 }
@@ -169,16 +197,55 @@ mod tests {
                 service("").replace("\"10.0.0.1\"", "\"10.0.0.1\", \"10.0.0.1:9000\""),
                 "vipd.toml: service \"web\": endpoints[1]: \"10.0.0.1:9000\" is the same endpoint as endpoints[0] (\"10.0.0.1\")",
             ),
+            (
+                service("").replace("\"10.0.0.1\"", "{ address = \"10.0.0.1\", weight = 0 }"),
+                "vipd.toml: service \"web\": endpoints[0].weight: 0 is out of range 1-1000",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"10.0.0.2\", { address = \"10.0.0.1\", weight = 1001 }"),
+                "vipd.toml: service \"web\": endpoints[1].weight: 1001 is out of range 1-1000",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "{ address = \"10.0.0.x\", backup = true }"),
+                "vipd.toml: service \"web\": endpoints[0].address: \"10.0.0.x\" is not an endpoint address; expected IP, IP:PORT, [IPv6] or [IPv6]:PORT",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "\"10.0.0.1\", { address = \"10.0.0.1:9000\", weight = 2 }"),
+                "vipd.toml: service \"web\": endpoints[1].address: \"10.0.0.1:9000\" is the same endpoint as endpoints[0] (\"10.0.0.1\")",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "{ address = \"10.0.0.1\", backup = true }, { address = \"10.0.0.2\", backup = true }"),
+                "vipd.toml: service \"web\": endpoints: every endpoint is a backup; at least one must be in the primary tier (backup = false)",
+            ),
         ];
         assert_each_reports(cases);
     }
 
     #[test]
+    fn tables_carry_weight_and_tier() {
+        let config = super::super::test_support::load(&service("").replace(
+            "\"10.0.0.1\"",
+            "\"10.0.0.1\", { address = \"10.0.0.2\", weight = 3 }, { address = \"10.0.0.3\", backup = true }",
+        ))
+        .unwrap();
+        let got: Vec<(String, u32, bool)> = config.services[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.ip.to_string(), e.weight, e.backup))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.1".to_owned(), 1, false),
+                ("10.0.0.2".to_owned(), 3, false),
+                ("10.0.0.3".to_owned(), 1, true),
+            ]
+        );
+    }
+
+    #[test]
     fn endpoint_forms() {
-        let ep = |ip: &str, port: Option<u16>| EndpointSpec {
-            ip: ip.parse().unwrap(),
-            port,
-        };
+        let ep = |ip: &str, port: Option<u16>| EndpointSpec::new(ip.parse().unwrap(), port);
         let ok = [
             ("10.0.0.1", ep("10.0.0.1", None)),
             ("10.0.0.1:80", ep("10.0.0.1", Some(80))),

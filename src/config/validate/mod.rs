@@ -14,7 +14,10 @@
 //! - [`connection`]: the connection settings of `[defaults]` and a service's own overrides.
 //! - [`service`]: one `[[service]]`: its name, `vip`, `ports`, the addresses it listens on,
 //!   `manage_vip`/`vip_interface` and `[service.outlier]`.
-//! - [`endpoints`]: a service's static `endpoints` list and the endpoint address syntax.
+//! - [`endpoints`]: a service's static `endpoints` list (with weights and tiers) and the
+//!   endpoint address syntax.
+//! - [`placement`]: `balance`, `session_affinity`, `affinity_timeout`, `slow_start`,
+//!   `when_all_unhealthy`.
 //! - [`health`]: the `[service.health]` table: check kind, probe timing and thresholds.
 //! - [`discovery`]: `[service.discovery]` and the nameserver address syntax.
 //! - [`listen`]: the addresses services and servers bind, when two of them collide, and when an
@@ -30,6 +33,7 @@ mod global;
 mod health;
 mod listen;
 mod names;
+mod placement;
 mod service;
 #[cfg(test)]
 mod test_support;
@@ -262,10 +266,7 @@ mod tests {
         assert_eq!(web.connection, ConnectionSettings::default());
         assert_eq!(
             web.endpoints,
-            vec![EndpointSpec {
-                ip: "10.0.0.1".parse().unwrap(),
-                port: None
-            }]
+            vec![EndpointSpec::new("10.0.0.1".parse().unwrap(), None)]
         );
     }
 

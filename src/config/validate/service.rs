@@ -10,10 +10,10 @@ use std::time::Duration;
 use super::Validator;
 use super::listen::{Listener, is_self_loop};
 use super::names::{check_dns_label, check_interface_name};
-use crate::config::raw::{RawBalance, RawConnection, RawOutlier, RawPort, RawProtocol, RawService};
+use super::placement::PlacementKeys;
+use crate::config::raw::{RawConnection, RawOutlier, RawPort, RawProtocol, RawService};
 use crate::config::{
-    Balance, ConnectionSettings, EndpointSpec, Outlier, ProblemScope, Protocol, Service,
-    ServicePort,
+    ConnectionSettings, EndpointSpec, Outlier, ProblemScope, Protocol, Service, ServicePort,
 };
 
 /// The interface a managed VIP goes on when `vip_interface` is not set.
@@ -90,16 +90,22 @@ impl Validator {
         let health = self.health(&scope, raw.health.as_ref());
         let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
         let (manage_vip, vip_interface) = self.vip_ownership(&scope, raw, vip);
+        let PlacementKeys {
+            balance,
+            session_affinity,
+            slow_start,
+            when_all_unhealthy,
+        } = self.placement(&scope, raw);
 
         Service {
             name: raw.name.clone(),
             vip: vip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             ports: ports.into_iter().map(|(_, p)| p).collect(),
             endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
-            // Exhaustive so a new raw policy cannot be silently mapped to round robin.
-            balance: match raw.balance {
-                None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
-            },
+            balance,
+            session_affinity,
+            slow_start,
+            when_all_unhealthy,
             health,
             connection,
             discovery,

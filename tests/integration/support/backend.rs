@@ -17,6 +17,8 @@ pub enum Behaviour {
     Echo,
     /// Reads until EOF, then answers `got N bytes` and closes: needs half-close to work.
     CountThenAnswer,
+    /// Writes its name, then holds the connection open until the client closes it.
+    NameThenHold,
 }
 
 /// A running backend; [`Backend::stop`] closes its listener.
@@ -88,6 +90,16 @@ impl Backend {
     }
 }
 
+/// `n` backends named `backend-0`, `backend-1`, … (names of one length, so a reader of a
+/// held connection knows how many bytes to expect).
+pub async fn named_backends(n: usize, behaviour: Behaviour) -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for i in 0..n {
+        backends.push(Backend::start(&format!("backend-{i}"), behaviour).await);
+    }
+    backends
+}
+
 impl Drop for Backend {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
@@ -101,6 +113,15 @@ async fn handle(mut stream: TcpStream, name: String, behaviour: Behaviour) {
         Behaviour::Name => {
             let _ = stream.write_all(name.as_bytes()).await;
             let _ = stream.shutdown().await;
+        }
+        Behaviour::NameThenHold => {
+            let _ = stream.write_all(name.as_bytes()).await;
+            let mut sink = [0u8; 64];
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
         }
         Behaviour::Echo => {
             let (mut reader, mut writer) = stream.split();

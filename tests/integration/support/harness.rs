@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use vipd::app::{App, AppState};
 use vipd::config::{
     Admin, Balance, Config, ConnectionSettings, EndpointSpec, Health, HealthCheck, Protocol,
-    Runtime, Service, ServicePort,
+    Runtime, Service, ServicePort, SessionAffinity, WhenAllUnhealthy,
 };
 use vipd::service::ServiceState;
 
@@ -29,12 +29,12 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> Service {
         }],
         endpoints: endpoints
             .iter()
-            .map(|a| EndpointSpec {
-                ip: a.ip(),
-                port: Some(a.port()),
-            })
+            .map(|a| EndpointSpec::new(a.ip(), Some(a.port())))
             .collect(),
         balance: Balance::RoundRobin,
+        session_affinity: SessionAffinity::None,
+        slow_start: None,
+        when_all_unhealthy: WhenAllUnhealthy::FailOpen,
         health: Health {
             check: HealthCheck::None,
             ..Health::default()

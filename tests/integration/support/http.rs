@@ -95,3 +95,17 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// The value of the sample `name{labels}` in a Prometheus text page (labels in export order).
+pub fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|line| {
+            line.starts_with(&format!("{name}{{"))
+                && labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
