@@ -494,6 +494,36 @@ mod tests {
             ),
             ("[[service]]\nname = \"a\"\n", 1, 1, "missing field `vip`"),
             ("[admin]\n", 1, 1, "missing field `listen`"),
+            (
+                "[[service]]\nname = \"a\"\nvip = \"::1\"\nports = []\nendpoints = [{ address = \"::2\", wieght = 2 }]\n",
+                5,
+                33,
+                "unknown field `wieght`, expected one of `address`, `weight`, `backup`",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nvip = \"::1\"\nports = []\nendpoints = [{ weight = 2 }]\n",
+                5,
+                14,
+                "missing field `address`",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nvip = \"::1\"\nports = []\nendpoints = [5432]\n",
+                5,
+                14,
+                "expected an address string such as \"10.0.0.1:5432\", or a table",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nvip = \"::1\"\nports = []\nendpoints = []\nbalance = \"least_conn\"\n",
+                6,
+                11,
+                "unknown variant `least_conn`, expected one of `round_robin`, `least_connections`",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nvip = \"::1\"\nports = []\nendpoints = []\nsession_affinity = \"ClientIP\"\n",
+                6,
+                20,
+                "unknown variant `ClientIP`, expected `none` or `client_ip`",
+            ),
         ];
         for (text, line, column, want) in cases {
             let (l, c, message) = syntax_error(text);

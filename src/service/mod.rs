@@ -12,6 +12,8 @@
 pub mod endpoint;
 pub mod outlier;
 pub mod owner;
+#[cfg(test)]
+mod placement_tests;
 pub mod slow_start;
 pub mod snapshot;
 

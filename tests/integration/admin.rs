@@ -118,6 +118,49 @@ async fn metrics_count_known_traffic() {
     assert_eq!(endpoint["draining"], false);
     assert_eq!(endpoint["active_connections"], 1);
     assert_eq!(endpoint["connections_total"], 1);
+    assert_eq!(echo_service["balance"], "round_robin");
+    assert_eq!(echo_service["session_affinity"], "none");
+    assert_eq!(endpoint["weight"], 1);
+    assert_eq!(endpoint["effective_weight"], 1.0);
+    assert_eq!(endpoint["backup"], false);
+}
+
+#[tokio::test]
+async fn status_shows_placement() {
+    let (a, b) = (
+        Backend::start("a", Behaviour::Name).await,
+        Backend::start("b", Behaviour::Name).await,
+    );
+    let mut svc = service("status-placement", &[a.addr, b.addr]);
+    svc.balance = vipd::config::Balance::Maglev;
+    svc.session_affinity = vipd::config::SessionAffinity::ClientIp {
+        timeout: std::time::Duration::from_secs(60),
+    };
+    svc.endpoints[0].weight = 7;
+    svc.endpoints[1].backup = true;
+    let vipd = Running::start(vec![svc], true).await;
+    let status = get(vipd.admin.unwrap(), "/status").await;
+    let json: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let service = &json["services"][0];
+    assert_eq!(service["balance"], "maglev");
+    assert_eq!(service["session_affinity"], "client_ip");
+    let endpoints = service["endpoints"].as_array().unwrap();
+    assert_eq!(
+        (
+            &endpoints[0]["weight"],
+            &endpoints[0]["effective_weight"],
+            &endpoints[0]["backup"]
+        ),
+        (
+            &serde_json::json!(7),
+            &serde_json::json!(7.0),
+            &serde_json::json!(false)
+        )
+    );
+    assert_eq!(
+        (&endpoints[1]["weight"], &endpoints[1]["backup"]),
+        (&serde_json::json!(1), &serde_json::json!(true))
+    );
 }
 
 #[tokio::test]
