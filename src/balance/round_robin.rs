@@ -13,15 +13,17 @@
 //! [`MAX_SCHEDULE`] are scaled down proportionally (every endpoint keeps at least one entry),
 //! and when nginx's O(total × endpoints) build would exceed [`NGINX_BUILD_BUDGET`] steps the
 //! schedule interleaves by earliest virtual deadline instead (O(total × log endpoints); the same
-//! exact shares per cycle, as Envoy's weighted round robin).
+//! exact shares per cycle and a similar interleave, as Envoy's weighted round robin). Equal
+//! weights are the plain rotation without either.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 /// Longest schedule (entries); 256 KiB.
 pub const MAX_SCHEDULE: u64 = 65_536;
-/// Most steps × endpoints the nginx build may take.
-pub const NGINX_BUILD_BUDGET: u64 = 1 << 22;
+/// Most steps × endpoints the nginx build may take (~50 µs): a rebuild runs on every health
+/// flip, so larger weighted sets take the O(total × log endpoints) interleave.
+pub const NGINX_BUILD_BUDGET: u64 = 1 << 16;
 
 /// The order in which candidates take turns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +36,10 @@ impl Schedule {
     pub fn new(weights: &[u32]) -> Schedule {
         let weights = reduce(weights);
         let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-        let order = if total * weights.len() as u64 <= NGINX_BUILD_BUDGET {
+        let order = if total == weights.len() as u64 {
+            // Equal weights (all 1 after the divisor): both algorithms give the rotation.
+            (0..weights.len() as u32).collect()
+        } else if total * weights.len() as u64 <= NGINX_BUILD_BUDGET {
             nginx(&weights, total)
         } else {
             earliest_deadline(&weights, total)
@@ -195,7 +200,10 @@ mod tests {
 
     #[test]
     fn shares_are_exact_per_cycle() {
-        for weights in [vec![1, 2, 3], vec![7, 3, 1000, 1], vec![100, 10, 100]] {
+        // The last two take the deadline interleave (beyond nginx's build budget).
+        let mixed: Vec<u32> = (0..1000).map(|i| 1 + i % 3).collect();
+        let ramping: Vec<u32> = (0..100).map(|i| if i == 7 { 37 } else { 100 }).collect();
+        for weights in [vec![1, 2, 3], vec![7, 3, 1000, 1], vec![100, 10, 100], mixed, ramping] {
             let order = cycle(&weights);
             let g = weights.iter().fold(0, |g, &w| gcd(g, w));
             let want: Vec<usize> = weights.iter().map(|&w| (w / g) as usize).collect();

@@ -147,15 +147,10 @@ async fn connection_count_policies_avoid_the_loaded_endpoint() {
         let _loaded = load_first_backend(vip).await;
         let service = vipd.service(name);
         // The closed connections are counted closed once vipd sees them end.
-        within("other connections closed", async {
-            while backends[1..]
-                .iter()
-                .any(|b| service.endpoint(b.addr).unwrap().active_connections() != 0)
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        for backend in &backends[1..] {
+            let endpoint = service.endpoint(backend.addr).unwrap();
+            within("other connections closed", endpoint.idle()).await;
+        }
         let first = service.endpoint(backends[0].addr).unwrap();
         assert_eq!(first.active_connections(), LOAD as u64);
 
@@ -191,16 +186,9 @@ async fn least_connections_rotates_an_idle_service() {
     for _ in 0..30 {
         *hits.entry(name_through(vip).await).or_default() += 1;
         // Each connection is closed before the next starts, so every pick is a tie.
-        within("connection closed", async {
-            while service
-                .endpoints()
-                .iter()
-                .any(|e| e.active_connections() != 0)
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-        .await;
+        for endpoint in service.endpoints() {
+            within("connection closed", endpoint.idle()).await;
+        }
     }
     for backend in &backends {
         assert_eq!(hits.get(&backend.name), Some(&10), "{hits:?}");
