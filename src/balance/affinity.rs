@@ -150,7 +150,11 @@ impl AffinityTable {
             .iter()
             .position(|k| k.load(Ordering::Relaxed) == key)
         {
-            bucket.write(own, key, key, value);
+            // Already stamped this tick for this endpoint (a busy client): no write, so the
+            // cache line is not taken from the other cores reading it.
+            if bucket.values[own].load(Ordering::Relaxed) != value {
+                bucket.write(own, key, key, value);
+            }
             return;
         }
         // (slot, key seen there, its stamp). A free slot ends the search: nothing is older.

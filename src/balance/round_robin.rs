@@ -203,7 +203,13 @@ mod tests {
         // The last two take the deadline interleave (beyond nginx's build budget).
         let mixed: Vec<u32> = (0..1000).map(|i| 1 + i % 3).collect();
         let ramping: Vec<u32> = (0..100).map(|i| if i == 7 { 37 } else { 100 }).collect();
-        for weights in [vec![1, 2, 3], vec![7, 3, 1000, 1], vec![100, 10, 100], mixed, ramping] {
+        for weights in [
+            vec![1, 2, 3],
+            vec![7, 3, 1000, 1],
+            vec![100, 10, 100],
+            mixed,
+            ramping,
+        ] {
             let order = cycle(&weights);
             let g = weights.iter().fold(0, |g, &w| gcd(g, w));
             let want: Vec<usize> = weights.iter().map(|&w| (w / g) as usize).collect();

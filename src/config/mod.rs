@@ -389,7 +389,17 @@ pub fn summary(service: &Service) -> String {
             humantime::format_duration(timeout)
         ),
     };
+    let slow_start = service
+        .slow_start
+        .map(|w| format!(", slow start {}", humantime::format_duration(w)))
+        .unwrap_or_default();
+    let fail_closed = match service.when_all_unhealthy {
+        WhenAllUnhealthy::FailOpen => "",
+        WhenAllUnhealthy::FailClosed => ", fail closed",
+    };
+    let backups = service.endpoints.iter().filter(|e| e.backup).count();
     let endpoints = match &service.discovery {
+        None if backups > 0 => format!("{} endpoints ({backups} backup)", service.endpoints.len()),
         None => format!("{} endpoints", service.endpoints.len()),
         Some(Discovery {
             source: DiscoverySource::Dns(name),
@@ -401,7 +411,7 @@ pub fn summary(service: &Service) -> String {
         }) => format!("endpoints from SRV {name}"),
     };
     format!(
-        "service \"{}\": {}, {endpoints}, {}{affinity}, health {check}",
+        "service \"{}\": {}, {endpoints}, {}{affinity}{slow_start}{fail_closed}, health {check}",
         service.name,
         ports.join(" "),
         service.balance.as_str().replace('_', " "),
