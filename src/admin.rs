@@ -440,6 +440,7 @@ mod tests {
                         }],
                         endpoints: vec![EndpointStatus {
                             address: "10.0.0.1:8080".into(),
+                            name: None,
                             healthy: true,
                             draining: false,
                             ejected: false,

@@ -797,7 +797,8 @@ fn service_records(services: &[Arc<ServiceState>]) -> ServiceRecords {
             .zip(s.bound())
             .map(|(p, addr)| (p.name.clone(), p.protocol, addr.port()))
             .collect();
-        (s.name().to_owned(), config.vip, ports)
+        let replicas: Arc<dyn dns::Replicas> = Arc::clone(s) as _;
+        (s.name().to_owned(), config.vip, ports, Some(replicas))
     }))
 }
 

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::{
-    Admin, Balance, Config, ConnectionSettings, EndpointSpec, Health, HealthCheck, Protocol,
-    Runtime, Service, ServicePort, SessionAffinity, WhenAllUnhealthy,
+    Admin, Balance, Config, ConnectionSettings, EndpointSpec, Health, HealthCheck, OnMarkedDown,
+    Protocol, Runtime, Service, ServicePort, SessionAffinity, WhenAllUnhealthy,
 };
 use crate::proxy::listener::bind_tcp;
 use crate::service::Change;
@@ -70,6 +70,7 @@ pub fn config(ports: Ports) -> Config {
             session_affinity: SessionAffinity::None,
             slow_start: None,
             when_all_unhealthy: WhenAllUnhealthy::FailOpen,
+            on_marked_down: OnMarkedDown::Keep,
             health: Health {
                 check: HealthCheck::Http {
                     path: "/healthz".to_owned(),

@@ -53,6 +53,8 @@ pub struct PortStatus {
 pub struct EndpointStatus {
     /// `IP:port` (IPv6 in brackets).
     pub address: String,
+    /// The replica's stable name (`<name>.<service>.<zone>` in vipd's DNS), or null.
+    pub name: Option<String>,
     /// Current health as seen by active checks.
     pub healthy: bool,
     /// Draining: gets no new connections, established ones run on.

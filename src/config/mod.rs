@@ -107,6 +107,8 @@ pub struct Service {
     pub connection: ConnectionSettings,
     /// Passive ejection of endpoints that fail connects; `None` = off.
     pub outlier: Option<Outlier>,
+    /// What happens to established connections of an endpoint the probes mark down.
+    pub on_marked_down: OnMarkedDown,
     /// Whether vipd adds the VIP to `vip_interface` while it runs.
     pub manage_vip: bool,
     /// The interface a managed VIP is added to (default `lo`).
@@ -186,9 +188,9 @@ impl Protocol {
     }
 }
 
-/// One entry of a service's `endpoints`: an IP, with a port only for one-port services, and
-/// its place in the balancing (weight, tier).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One entry of a service's `endpoints`: an IP, with a port only for one-port services, its
+/// place in the balancing (weight, tier), and its replica name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
     /// The endpoint's address.
     pub ip: IpAddr,
@@ -198,6 +200,11 @@ pub struct EndpointSpec {
     pub weight: u32,
     /// In the backup tier: used only while no primary-tier endpoint is in rotation.
     pub backup: bool,
+    /// The replica's stable name (a DNS label, unique in the service): `<name>.<service>.<zone>`
+    /// in vipd's DNS, and `name` in `/status`.
+    pub name: Option<String>,
+    /// Whether active health checks probe it; `false` = always healthy as far as probes go.
+    pub check: bool,
 }
 
 impl EndpointSpec {
@@ -213,6 +220,8 @@ impl EndpointSpec {
             port,
             weight: Self::DEFAULT_WEIGHT,
             backup: false,
+            name: None,
+            check: true,
         }
     }
 }
@@ -269,6 +278,16 @@ impl SessionAffinity {
             SessionAffinity::ClientIp { .. } => "client_ip",
         }
     }
+}
+
+/// `on_marked_down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMarkedDown {
+    /// Established connections run on (new ones go elsewhere).
+    Keep,
+    /// Established connections are closed at once, so their clients reconnect to an endpoint
+    /// in rotation (HAProxy's `on-marked-down shutdown-sessions`).
+    Close,
 }
 
 /// `when_all_unhealthy`.

@@ -110,6 +110,8 @@ pub struct RawService {
     pub slow_start: Option<Duration>,
     /// `"fail_open"` or `"fail_closed"`.
     pub when_all_unhealthy: Option<RawWhenAllUnhealthy>,
+    /// `"keep"` or `"close"`.
+    pub on_marked_down: Option<RawOnMarkedDown>,
     /// Overrides `[defaults].connect_timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub connect_timeout: Option<Duration>,
@@ -216,6 +218,16 @@ pub enum RawSessionAffinity {
     ClientIp,
 }
 
+/// `on_marked_down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOnMarkedDown {
+    /// `"keep"`.
+    Keep,
+    /// `"close"`.
+    Close,
+}
+
 /// `when_all_unhealthy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -236,6 +248,10 @@ pub struct RawEndpoint {
     pub weight: Option<u32>,
     /// `backup`, if given (table form only).
     pub backup: Option<bool>,
+    /// `name`, if given (table form only).
+    pub name: Option<String>,
+    /// `check`, if given (table form only).
+    pub check: Option<bool>,
     /// Written as a table (so problems name `endpoints[i].address`).
     pub table: bool,
 }
@@ -247,6 +263,8 @@ struct RawEndpointTable {
     address: String,
     weight: Option<u32>,
     backup: Option<bool>,
+    name: Option<String>,
+    check: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RawEndpoint {
@@ -267,6 +285,8 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                     address: v.to_owned(),
                     weight: None,
                     backup: None,
+                    name: None,
+                    check: None,
                     table: false,
                 })
             }
@@ -281,6 +301,8 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                     address: table.address,
                     weight: table.weight,
                     backup: table.backup,
+                    name: table.name,
+                    check: table.check,
                     table: true,
                 })
             }
@@ -498,7 +520,7 @@ mod tests {
                 "[[service]]\nname = \"a\"\nvip = \"::1\"\nports = []\nendpoints = [{ address = \"::2\", wieght = 2 }]\n",
                 5,
                 33,
-                "unknown field `wieght`, expected one of `address`, `weight`, `backup`",
+                "unknown field `wieght`, expected one of `address`, `weight`, `backup`, `name`, `check`",
             ),
             (
                 "[[service]]\nname = \"a\"\nvip = \"::1\"\nports = []\nendpoints = [{ weight = 2 }]\n",

@@ -122,6 +122,8 @@ impl DnsResolver {
                                 port: Some(record.port),
                                 weight: srv_weight(record.weight),
                                 backup: Some(record.priority) != primary,
+                                name: replica_name(&host),
+                                check: true,
                             });
                         }
                     }
@@ -218,6 +220,21 @@ struct SrvTarget {
 /// weights above the largest endpoint weight, 1000, are capped there.
 fn srv_weight(weight: u16) -> u32 {
     u32::from(weight).clamp(1, EndpointSpec::MAX_WEIGHT)
+}
+
+/// A StatefulSet replica's name: the first label of an SRV target
+/// (`db-0.db.default.svc.cluster.local.` → `db-0`), when it is a valid DNS label.
+fn replica_name(host: &Name) -> Option<String> {
+    let label = host.iter().next()?;
+    let label = std::str::from_utf8(label).ok()?.to_ascii_lowercase();
+    let valid = !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    valid.then_some(label)
 }
 
 /// The record data of one answer and its smallest TTL.

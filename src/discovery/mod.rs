@@ -523,10 +523,21 @@ mod run_tests {
         dns.set_addresses("b.web.test", 30, &[ip("127.0.0.2")]);
         let mut d = Discovering::start("disc-srv", &dns, DiscoverySource::Srv(srv.into()), 1, 30);
 
+        // Each endpoint is named after the first label of its record's target.
         let with_port = |pairs: &[(&str, u16)]| -> Vec<EndpointSpec> {
             let mut v: Vec<EndpointSpec> = pairs
                 .iter()
-                .map(|&(t, port)| EndpointSpec::new(ip(t), Some(port)))
+                .map(|&(t, port)| EndpointSpec {
+                    name: Some(
+                        if t == "127.0.0.1" || t == "::1" {
+                            "a"
+                        } else {
+                            "b"
+                        }
+                        .to_owned(),
+                    ),
+                    ..EndpointSpec::new(ip(t), Some(port))
+                })
                 .collect();
             v.sort_by_key(|e| (e.ip, e.port));
             v
@@ -588,18 +599,19 @@ mod run_tests {
             1,
             30,
         );
-        let got: Vec<(String, u32, bool)> = d
+        let got: Vec<(String, u32, bool, Option<String>)> = d
             .next()
             .await
             .iter()
-            .map(|e| (e.ip.to_string(), e.weight, e.backup))
+            .map(|e| (e.ip.to_string(), e.weight, e.backup, e.name.clone()))
             .collect();
+        let name = |n: &str| Some(n.to_owned());
         assert_eq!(
             got,
             vec![
-                ("127.0.0.1".to_owned(), 3, false),
-                ("127.0.0.2".to_owned(), 1, false),
-                ("127.0.0.3".to_owned(), 1000, true),
+                ("127.0.0.1".to_owned(), 3, false, name("a")),
+                ("127.0.0.2".to_owned(), 1, false, name("b")),
+                ("127.0.0.3".to_owned(), 1000, true, name("c")),
             ]
         );
         d.stop().await;

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::pipe_pool::PipePool;
 #[cfg(target_os = "linux")]
 use super::splice::{self, PumpEnd};
+use crate::service::drain::Drain;
 
 /// Bytes read at a time by the userspace copy (on the stack, never held while waiting).
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -61,8 +62,8 @@ pub enum CopyEnd {
 pub struct Limits<'a> {
     /// Close after no byte moved either way for this long.
     pub idle_timeout: Duration,
-    /// Once this token is cancelled, close after this long.
-    pub drain: Option<(&'a CancellationToken, Duration)>,
+    /// Once this signal fires, close after this long (or at once, if it says so).
+    pub drain: Option<(&'a Drain, Duration)>,
 }
 
 /// Byte counters for the two directions.
@@ -355,8 +356,8 @@ impl Activity {
                 }
                 tokio::select! {
                     biased;
-                    _ = cancelled(limits.drain.map(|(shutdown, _)| shutdown)), if drain_at.is_none() => {
-                        let drain_timeout = limits.drain.map_or(Duration::ZERO, |(_, timeout)| timeout);
+                    _ = cancelled(limits.drain.map(|(drain, _)| drain.token())), if drain_at.is_none() => {
+                        let drain_timeout = limits.drain.map_or(Duration::ZERO, |(drain, timeout)| drain.grace(timeout));
                         drain_at = Some(Instant::now() + drain_timeout);
                     }
                     _ = &mut timer => {}
@@ -440,7 +441,7 @@ mod deadline_tests {
     #[tokio::test(start_paused = true)]
     async fn drain_deadline_counts_from_cancellation() {
         let activity = Activity::new();
-        let shutdown = CancellationToken::new();
+        let shutdown = Drain::standalone();
         let limits = Limits {
             idle_timeout: Duration::from_secs(60),
             drain: Some((&shutdown, Duration::from_secs(5))),
@@ -449,16 +450,33 @@ mod deadline_tests {
         let deadline = activity.deadline(&limits);
         tokio::pin!(deadline);
         assert_pending_for(deadline.as_mut(), Duration::from_secs(30)).await;
-        shutdown.cancel();
+        shutdown.start();
         assert_eq!(deadline.await, CopyEnd::Drained);
         assert_elapsed(started, Duration::from_secs(35));
     }
 
     #[tokio::test(start_paused = true)]
+    async fn closing_at_once_skips_the_drain_timeout() {
+        let activity = Activity::new();
+        let marked_down = Drain::standalone();
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(60),
+            drain: Some((&marked_down, Duration::from_secs(5))),
+        };
+        let started = Instant::now();
+        let deadline = activity.deadline(&limits);
+        tokio::pin!(deadline);
+        assert_pending_for(deadline.as_mut(), Duration::from_secs(30)).await;
+        marked_down.close_now();
+        assert_eq!(deadline.await, CopyEnd::Drained);
+        assert_elapsed(started, Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn idle_timeout_still_applies_while_draining() {
         let activity = Activity::new();
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
+        let shutdown = Drain::standalone();
+        shutdown.start();
         let limits = Limits {
             idle_timeout: Duration::from_secs(3),
             drain: Some((&shutdown, Duration::from_secs(10))),

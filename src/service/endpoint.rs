@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::drain::Drain;
 use crate::metrics as names;
 
 /// Metric handles of one endpoint.
@@ -83,14 +84,19 @@ pub struct Endpoint {
     weight_percent: AtomicU32,
     /// In the backup tier.
     backup: AtomicBool,
+    /// Whether active health checks probe it.
+    checked: AtomicBool,
+    /// The replica's stable name, if it has one.
+    name: ArcSwapOption<String>,
     healthy: AtomicBool,
     /// Drained by an operator, or removed from the service and waiting for its connections.
     draining: AtomicBool,
     /// Ejected by outlier detection.
     ejected: AtomicBool,
-    /// Cancelled when the endpoint leaves the service, or the service stops: established
-    /// connections then get `drain_timeout`. Replaced when a removed endpoint comes back.
-    drain: ArcSwap<CancellationToken>,
+    /// Fires when the endpoint leaves the service, or the service stops (established
+    /// connections then get `drain_timeout`), or when they are closed at once. Replaced when a
+    /// removed endpoint comes back and after closing connections.
+    drain: ArcSwap<Drain>,
     /// The service's token, parent of `drain`.
     service_retired: CancellationToken,
     active: AtomicU64,
@@ -118,10 +124,12 @@ impl Endpoint {
             weight: AtomicU32::new(crate::config::EndpointSpec::DEFAULT_WEIGHT),
             weight_percent: AtomicU32::new(crate::balance::FULL_WEIGHT_PERCENT),
             backup: AtomicBool::new(false),
+            checked: AtomicBool::new(true),
+            name: ArcSwapOption::empty(),
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             ejected: AtomicBool::new(false),
-            drain: ArcSwap::from_pointee(service_retired.child_token()),
+            drain: ArcSwap::from_pointee(Drain::child_of(service_retired)),
             service_retired: service_retired.clone(),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -155,6 +163,25 @@ impl Endpoint {
     pub fn set_placement(&self, weight: u32, backup: bool) {
         self.weight.store(weight, Ordering::Relaxed);
         self.backup.store(backup, Ordering::Relaxed);
+    }
+
+    /// Sets the replica name and whether probes check it, from the endpoint's spec (owner task
+    /// only).
+    pub fn set_identity(&self, name: Option<&str>, checked: bool) {
+        if self.name.load().as_deref().map(String::as_str) != name {
+            self.name.store(name.map(|n| Arc::new(n.to_owned())));
+        }
+        self.checked.store(checked, Ordering::Relaxed);
+    }
+
+    /// The replica's stable name, if it has one.
+    pub fn name(&self) -> Option<Arc<String>> {
+        self.name.load_full()
+    }
+
+    /// Whether active health checks probe this endpoint.
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
     }
 
     /// Percent of its weight the endpoint gets now: below 100 while slow start ramps it up.
@@ -212,19 +239,28 @@ impl Endpoint {
     /// start their drain deadline.
     pub(crate) fn set_removed(&self, removed: bool) {
         if removed {
-            self.drain.load().cancel();
+            self.drain.load().start();
         } else if self.drain.load().is_cancelled() {
             // Back in the service: connections from now on drain with the service again.
             // Connections already told to drain keep their deadline.
             self.drain
-                .store(std::sync::Arc::new(self.service_retired.child_token()));
+                .store(Arc::new(Drain::child_of(&self.service_retired)));
         }
         self.set_draining(removed);
     }
 
-    /// Cancelled when connections to this endpoint must start draining (endpoint removed, or
-    /// service stopped). Take it once per connection.
-    pub fn drain_token(&self) -> std::sync::Arc<CancellationToken> {
+    /// Closes every established connection now (owner task only); connections established
+    /// from now on get a fresh signal.
+    pub(crate) fn close_connections(&self) {
+        let current = self
+            .drain
+            .swap(Arc::new(Drain::child_of(&self.service_retired)));
+        current.close_now();
+    }
+
+    /// Fires when connections to this endpoint must end (endpoint removed, service stopped,
+    /// or closed at once). Take it once per connection.
+    pub fn drain_token(&self) -> Arc<Drain> {
         self.drain.load_full()
     }
 

@@ -7,8 +7,10 @@
 //! - [`owner`]: the one task per service that follows the endpoint set, runs health probes,
 //!   applies drains, ejections and reconfigurations, and publishes new snapshots.
 //! - [`outlier`]: the passive ejection policy.
+//! - [`drain`]: the signal that ends an endpoint's established connections.
 //! - [`slow_start`]: the weight ramp of an endpoint entering rotation.
 
+pub mod drain;
 pub mod endpoint;
 pub mod outlier;
 pub mod owner;
@@ -158,6 +160,18 @@ pub struct ServiceState {
     events: broadcast::Sender<ServiceEvent>,
     /// Metric handles of the service itself.
     pub metrics: ServiceMetrics,
+}
+
+impl crate::dns::Replicas for ServiceState {
+    fn replica_addresses(&self, name: &str) -> Vec<std::net::IpAddr> {
+        self.snapshot
+            .load()
+            .endpoints
+            .iter()
+            .filter(|e| e.in_rotation() && e.name().is_some_and(|n| n.as_str() == name))
+            .map(|e| e.addr().ip())
+            .collect()
+    }
 }
 
 /// The receiving end of a service's commands, handed to [`owner::start`].
@@ -352,6 +366,7 @@ impl ServiceState {
                 .iter()
                 .map(|e| EndpointStatus {
                     address: e.addr().to_string(),
+                    name: e.name().map(|n| n.as_str().to_owned()),
                     healthy: e.is_healthy(),
                     draining: e.is_draining(),
                     ejected: e.is_ejected(),

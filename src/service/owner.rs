@@ -53,6 +53,8 @@ struct Member {
     probed: bool,
     ejections: u32,
     ejection: u64,
+    /// Whether probes run for it (the service has checks and the endpoint is not exempt).
+    checked: bool,
     /// Whether the endpoint was in rotation at the last publish (to see it enter rotation).
     was_in_rotation: bool,
     /// When slow start began ramping the endpoint; `None` = at full weight.
@@ -165,6 +167,7 @@ impl Owner {
             return;
         };
         let desired = addresses(&self.config, &specs);
+        let placements = placements(&self.config, &specs);
         let mut kept = Vec::with_capacity(desired.len());
         let mut previous: HashMap<SocketAddr, Member> = self
             .members
@@ -172,7 +175,14 @@ impl Owner {
             .map(|m| (m.endpoint.addr(), m))
             .collect();
         for addr in &desired {
-            if let Some(member) = previous.remove(addr) {
+            let placement = placements.get(addr);
+            if let Some(mut member) = previous.remove(addr) {
+                if let Some(spec) = placement {
+                    apply_placement(&member.endpoint, spec);
+                }
+                if member.endpoint.is_checked() != member.checked {
+                    self.restart_probe(&mut member);
+                }
                 kept.push(member);
                 continue;
             }
@@ -189,6 +199,9 @@ impl Owner {
                     self.service.retired(),
                 )),
             };
+            if let Some(spec) = placement {
+                apply_placement(&endpoint, spec);
+            }
             tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint added");
             let member = self.new_member(endpoint);
             kept.push(member);
@@ -197,12 +210,6 @@ impl Owner {
                 change: Change::Added,
                 in_rotation: in_rotation(&kept),
             });
-        }
-        let placements = placements(&self.config, &specs);
-        for member in &kept {
-            if let Some(&(weight, backup)) = placements.get(&member.endpoint.addr()) {
-                member.endpoint.set_placement(weight, backup);
-            }
         }
         self.members = kept;
         for (addr, member) in previous {
@@ -218,17 +225,39 @@ impl Owner {
     }
 
     fn new_member(&mut self, endpoint: Arc<Endpoint>) -> Member {
-        let probe = self.start_probe(endpoint.addr());
+        let probe = self.start_probe(&endpoint);
         Member {
             health: HealthState::from_config(&self.config.health),
             endpoint,
             probed: probe.is_none(),
+            checked: probe.is_some(),
             probe,
             ejections: 0,
             ejection: 0,
             was_in_rotation: false,
             ramp_started: None,
         }
+    }
+
+    /// Restarts `member`'s probes after the checks or its exemption changed. A verdict of down
+    /// stands until the new checks say otherwise; an endpoint no longer probed counts as
+    /// healthy.
+    fn restart_probe(&mut self, member: &mut Member) {
+        if let Some(probe) = member.probe.take() {
+            probe.abort();
+        }
+        let probe = self.start_probe(&member.endpoint);
+        if probe.is_none() {
+            member.endpoint.set_healthy(true);
+        }
+        member.health = HealthState::from_config(&self.config.health);
+        if !member.endpoint.is_healthy() {
+            for _ in 0..self.config.health.failure_threshold.get() {
+                member.health.observe(false);
+            }
+        }
+        member.checked = probe.is_some();
+        member.probe = probe;
     }
 
     /// Takes a removed endpoint out of the service: it drains, and is forgotten once idle.
@@ -243,10 +272,12 @@ impl Owner {
         self.leaving.push(endpoint);
     }
 
-    fn start_probe(&mut self, addr: SocketAddr) -> Option<AbortHandle> {
-        if self.config.health.check == HealthCheck::None {
+    /// Starts probing `endpoint`, unless the service has no checks or the endpoint is exempt.
+    fn start_probe(&mut self, endpoint: &Endpoint) -> Option<AbortHandle> {
+        if self.config.health.check == HealthCheck::None || !endpoint.is_checked() {
             return None;
         }
+        let addr = endpoint.addr();
         let target = probe_target(addr, &self.config.health);
         Some(self.probes.spawn(probe_loop(
             addr,
@@ -275,6 +306,16 @@ impl Owner {
         if let Some(healthy) = flipped {
             endpoint.set_healthy(healthy);
             self.publish();
+            if !healthy && self.config.on_marked_down == config::OnMarkedDown::Close {
+                // After the publish: no new connection picks the endpoint any more.
+                tracing::info!(
+                    service = self.service.name(),
+                    endpoint = %addr,
+                    connections = endpoint.active_connections(),
+                    "endpoint marked down; closing its connections (on_marked_down = \"close\")"
+                );
+                endpoint.close_connections();
+            }
             let in_rotation = self.in_rotation();
             match &result {
                 Ok(()) => tracing::info!(
@@ -415,26 +456,11 @@ impl Owner {
             self.source = Source::start(&self.service, &config);
         }
         if old.health != config.health {
-            let addrs: Vec<SocketAddr> = self.members.iter().map(|m| m.endpoint.addr()).collect();
-            for (index, addr) in addrs.into_iter().enumerate() {
-                if let Some(probe) = self.members[index].probe.take() {
-                    probe.abort();
-                }
-                let probe = self.start_probe(addr);
-                let member = &mut self.members[index];
-                if probe.is_none() {
-                    // No checks any more: every endpoint counts as healthy.
-                    member.endpoint.set_healthy(true);
-                }
-                member.health = HealthState::from_config(&config.health);
-                if !member.endpoint.is_healthy() {
-                    // Keep the verdict until the new checks say otherwise.
-                    for _ in 0..config.health.failure_threshold.get() {
-                        member.health.observe(false);
-                    }
-                }
-                member.probe = probe;
+            let mut members = std::mem::take(&mut self.members);
+            for member in &mut members {
+                self.restart_probe(member);
             }
+            self.members = members;
         }
         if old.outlier != config.outlier && config.outlier.is_none() {
             for member in &self.members {
@@ -699,18 +725,24 @@ fn pickers_for(
         .collect()
 }
 
-/// Weight and tier of every endpoint address of the service.
-fn placements(
+/// The spec of every endpoint address of the service (the first, when two ports map to one).
+fn placements<'a>(
     config: &config::Service,
-    specs: &[EndpointSpec],
-) -> HashMap<SocketAddr, (u32, bool)> {
+    specs: &'a [EndpointSpec],
+) -> HashMap<SocketAddr, &'a EndpointSpec> {
     let mut out = HashMap::new();
     for port in &config.ports {
         for (addr, spec) in port_addresses(port, specs).into_iter().zip(specs) {
-            out.entry(addr).or_insert((spec.weight, spec.backup));
+            out.entry(addr).or_insert(spec);
         }
     }
     out
+}
+
+/// Gives `endpoint` the weight, tier, name and check exemption of its spec.
+fn apply_placement(endpoint: &Endpoint, spec: &EndpointSpec) {
+    endpoint.set_placement(spec.weight, spec.backup);
+    endpoint.set_identity(spec.name.as_deref(), spec.check);
 }
 
 /// Where to probe an endpoint: its own address, or its IP with the configured probe port.

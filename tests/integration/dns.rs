@@ -57,11 +57,13 @@ fn records() -> ServiceRecords {
                 (Some("http".to_owned()), Protocol::Tcp, 8080),
                 (None, Protocol::Tcp, 8081),
             ],
+            None,
         ),
         (
             "api6".to_owned(),
             "fd00::10".parse().unwrap(),
             vec![(Some("grpc".to_owned()), Protocol::Tcp, 9090)],
+            None,
         ),
     ])
 }
@@ -394,6 +396,7 @@ async fn new_records_change_the_answers() {
         "db".to_owned(),
         "10.96.0.20".parse().unwrap(),
         vec![(Some("pg".to_owned()), Protocol::Tcp, 5432)],
+        None,
     )])));
     let reply = ask(server.addr, Transport::Udp, "db.svc.test.", RecordType::A).await;
     assert_eq!(
@@ -456,6 +459,58 @@ async fn the_app_serves_dns_for_its_services_and_counts_queries() {
             "{line} missing:\n{}",
             metrics.body
         );
+    }
+    shutdown.cancel();
+    within("vipd to stop", task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn replica_names_answer_while_the_replica_is_in_rotation() {
+    use support::backend::Behaviour;
+    let db0 =
+        support::Backend::start_on("127.0.0.2:0".parse().unwrap(), "db-0", Behaviour::Echo).await;
+    let mut db1 =
+        support::Backend::start_on("127.0.0.3:0".parse().unwrap(), "db-1", Behaviour::Echo).await;
+    let mut db = support::harness::with_health(
+        support::service("db", &[db0.addr, db1.addr]),
+        vipd::config::HealthCheck::Tcp,
+        Duration::from_millis(100),
+    );
+    db.endpoints[0].name = Some("db-0".to_owned());
+    db.endpoints[1].name = Some("db-1".to_owned());
+    let mut config = support::harness::config(vec![db], false);
+    config.dns = Some(settings(vec![]));
+    let app = vipd::app::App::bind(config).await.unwrap();
+    let dns_addr = app.dns_addr().expect("dns bound");
+    let state = app.state();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    let service = state.service("db").expect("service db");
+    within("first health round", service.wait_first_round()).await;
+
+    for transport in BOTH {
+        let reply = ask(dns_addr, transport, "db-0.db.svc.test.", RecordType::A).await;
+        assert_eq!(ips(&reply.answers), vec![db0.addr.ip()], "{transport:?}");
+        let reply = ask(dns_addr, transport, "db-1.db.svc.test.", RecordType::A).await;
+        assert_eq!(ips(&reply.answers), vec![db1.addr.ip()], "{transport:?}");
+    }
+    // /status names the replicas too.
+    let status = service.status();
+    assert_eq!(status.endpoints[1].name.as_deref(), Some("db-1"));
+
+    // db-1 fails its checks: its name is gone, db-0's stays.
+    let mut events = service.subscribe();
+    db1.stop().await;
+    support::next_change(&mut events, db1.addr, vipd::service::Change::Down).await;
+    for transport in BOTH {
+        let reply = ask(dns_addr, transport, "db-1.db.svc.test.", RecordType::A).await;
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{transport:?}"
+        );
+        let reply = ask(dns_addr, transport, "db-0.db.svc.test.", RecordType::A).await;
+        assert_eq!(ips(&reply.answers), vec![db0.addr.ip()], "{transport:?}");
     }
     shutdown.cancel();
     within("vipd to stop", task).await.unwrap().unwrap();

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Validator;
+use super::names::check_dns_label;
 use crate::config::raw::RawEndpoint;
 use crate::config::{EndpointSpec, ProblemScope, ServicePort};
 
@@ -30,6 +31,8 @@ impl Validator {
         let mut out: Vec<(bool, EndpointSpec)> = Vec::with_capacity(raw.len());
         // Effective (IP, port) → index of the first endpoint with it.
         let mut seen: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
+        // Replica name → index of the endpoint with it.
+        let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, entry) in raw.iter().enumerate() {
             let text = &entry.address;
             // A table's address is its own key, so the message points at the right value.
@@ -52,10 +55,27 @@ impl Validator {
                     EndpointSpec::DEFAULT_WEIGHT
                 }
             };
+            if let Some(name) = &entry.name {
+                if let Err(message) = check_dns_label(name) {
+                    self.push(scope, format!("endpoints[{i}].name"), message);
+                    ok = false;
+                } else if let Some(j) = names.get(name.as_str()) {
+                    self.push(
+                        scope,
+                        format!("endpoints[{i}].name"),
+                        format!("\"{name}\" is already the name of endpoints[{j}]"),
+                    );
+                    ok = false;
+                } else {
+                    names.insert(name, i);
+                }
+            }
             let spec = match parse_endpoint(text) {
                 Ok(spec) => EndpointSpec {
                     weight,
                     backup: entry.backup.unwrap_or(false),
+                    name: entry.name.clone(),
+                    check: entry.check.unwrap_or(true),
                     ..spec
                 },
                 Err(message) => {
@@ -214,6 +234,14 @@ mod tests {
                 "vipd.toml: service \"web\": endpoints[1].address: \"10.0.0.1:9000\" is the same endpoint as endpoints[0] (\"10.0.0.1\")",
             ),
             (
+                service("").replace("\"10.0.0.1\"", "{ address = \"10.0.0.1\", name = \"DB-0\" }"),
+                "vipd.toml: service \"web\": endpoints[0].name: \"DB-0\" may only contain lowercase letters a-z, digits and '-'",
+            ),
+            (
+                service("").replace("\"10.0.0.1\"", "{ address = \"10.0.0.1\", name = \"db-0\" }, { address = \"10.0.0.2\", name = \"db-0\" }"),
+                "vipd.toml: service \"web\": endpoints[1].name: \"db-0\" is already the name of endpoints[0]",
+            ),
+            (
                 service("").replace("\"10.0.0.1\"", "{ address = \"10.0.0.1\", backup = true }, { address = \"10.0.0.2\", backup = true }"),
                 "vipd.toml: service \"web\": endpoints: every endpoint is a backup; at least one must be in the primary tier (backup = false)",
             ),
@@ -225,20 +253,29 @@ mod tests {
     fn tables_carry_weight_and_tier() {
         let config = super::super::test_support::load(&service("").replace(
             "\"10.0.0.1\"",
-            "\"10.0.0.1\", { address = \"10.0.0.2\", weight = 3 }, { address = \"10.0.0.3\", backup = true }",
+            "\"10.0.0.1\", { address = \"10.0.0.2\", weight = 3, name = \"db-1\" }, \
+             { address = \"10.0.0.3\", backup = true, check = false }",
         ))
         .unwrap();
-        let got: Vec<(String, u32, bool)> = config.services[0]
+        let got: Vec<(String, u32, bool, Option<&str>, bool)> = config.services[0]
             .endpoints
             .iter()
-            .map(|e| (e.ip.to_string(), e.weight, e.backup))
+            .map(|e| {
+                (
+                    e.ip.to_string(),
+                    e.weight,
+                    e.backup,
+                    e.name.as_deref(),
+                    e.check,
+                )
+            })
             .collect();
         assert_eq!(
             got,
             vec![
-                ("10.0.0.1".to_owned(), 1, false),
-                ("10.0.0.2".to_owned(), 3, false),
-                ("10.0.0.3".to_owned(), 1, true),
+                ("10.0.0.1".to_owned(), 1, false, None, true),
+                ("10.0.0.2".to_owned(), 3, false, Some("db-1"), true),
+                ("10.0.0.3".to_owned(), 1, true, None, false),
             ]
         );
     }

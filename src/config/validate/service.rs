@@ -11,9 +11,12 @@ use super::Validator;
 use super::listen::{Listener, is_self_loop};
 use super::names::{check_dns_label, check_interface_name};
 use super::placement::PlacementKeys;
-use crate::config::raw::{RawConnection, RawOutlier, RawPort, RawProtocol, RawService};
+use crate::config::raw::{
+    RawConnection, RawOnMarkedDown, RawOutlier, RawPort, RawProtocol, RawService,
+};
 use crate::config::{
-    ConnectionSettings, EndpointSpec, Outlier, ProblemScope, Protocol, Service, ServicePort,
+    ConnectionSettings, EndpointSpec, OnMarkedDown, Outlier, ProblemScope, Protocol, Service,
+    ServicePort,
 };
 
 /// The interface a managed VIP goes on when `vip_interface` is not set.
@@ -106,6 +109,10 @@ impl Validator {
             session_affinity,
             slow_start,
             when_all_unhealthy,
+            on_marked_down: match raw.on_marked_down {
+                None | Some(RawOnMarkedDown::Keep) => OnMarkedDown::Keep,
+                Some(RawOnMarkedDown::Close) => OnMarkedDown::Close,
+            },
             health,
             connection,
             discovery,

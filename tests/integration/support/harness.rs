@@ -9,8 +9,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vipd::app::{App, AppState};
 use vipd::config::{
-    Admin, Balance, Config, ConnectionSettings, EndpointSpec, Health, HealthCheck, Protocol,
-    Runtime, Service, ServicePort, SessionAffinity, WhenAllUnhealthy,
+    Admin, Balance, Config, ConnectionSettings, EndpointSpec, Health, HealthCheck, OnMarkedDown,
+    Protocol, Runtime, Service, ServicePort, SessionAffinity, WhenAllUnhealthy,
 };
 use vipd::service::ServiceState;
 
@@ -35,6 +35,7 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> Service {
         session_affinity: SessionAffinity::None,
         slow_start: None,
         when_all_unhealthy: WhenAllUnhealthy::FailOpen,
+        on_marked_down: OnMarkedDown::Keep,
         health: Health {
             check: HealthCheck::None,
             ..Health::default()
