@@ -14,4 +14,5 @@ mod prometheus;
 mod proxy;
 mod reload;
 mod shutdown;
+mod stateful;
 mod vip;

@@ -8,7 +8,10 @@ pub mod backend;
 pub mod dns_server;
 pub mod harness;
 pub mod http;
+pub mod postgres;
 pub mod process;
+pub mod redis;
+pub mod server;
 
 pub use backend::Backend;
 pub use harness::{Running, service};
@@ -24,6 +27,36 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
     tokio::time::timeout(GUARD, future)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// How often [`poll_until`] looks again.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `check` every [`POLL`] until it returns `Ok`, for conditions of another process that
+/// sends no event (a server accepting, a replica's link): at most [`GUARD`] and that many polls.
+/// `Err` carries what was seen, for the failure message.
+pub async fn poll_until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let mut last = String::from("(not checked)");
+    for _ in 0..GUARD.as_millis() / POLL.as_millis() {
+        // A check that hangs (a server that accepts and never answers) counts against the
+        // same deadline.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, check()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(seen)) => last = seen,
+            Err(_) => break,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("timed out waiting for {what}; last seen: {last}");
 }
 
 /// Waits for the next `change` of `endpoint` among a service's events, skipping others.
