@@ -24,7 +24,7 @@ pub struct HealthState {
 }
 
 impl HealthState {
-    /// A new endpoint: counts as healthy until probes say otherwise.
+    /// A new endpoint: counts as healthy until its first probe result.
     pub fn new(success_threshold: NonZeroU32, failure_threshold: NonZeroU32) -> Self {
         HealthState {
             success_threshold,
@@ -46,7 +46,18 @@ impl HealthState {
     }
 
     /// Records one probe result; returns `Some(new_verdict)` only when the verdict flips.
+    ///
+    /// The first result decides at once: a new endpoint that fails its first probe (a replica
+    /// behind a role check, a server not up yet) leaves rotation now rather than after
+    /// `failure_threshold` periods of connections sent its way. Thresholds apply from then on.
     pub fn observe(&mut self, success: bool) -> Option<bool> {
+        if self.last.is_none() {
+            self.last = Some(success);
+            self.run = 1;
+            let flips = self.healthy != success;
+            self.healthy = success;
+            return flips.then_some(success);
+        }
         if self.last == Some(success) {
             self.run = self.run.saturating_add(1);
         } else {
@@ -114,6 +125,20 @@ mod tests {
 
     const CASES: &[Case] = &[
         Case {
+            name: "the first result decides at once, whatever the threshold",
+            success_threshold: 3,
+            failure_threshold: 3,
+            results: "F SS S",
+            flips: "U .. H",
+        },
+        Case {
+            name: "a first success keeps a new endpoint healthy, silently",
+            success_threshold: 3,
+            failure_threshold: 3,
+            results: "S FF F",
+            flips: ". .. U",
+        },
+        Case {
             name: "successes keep a healthy endpoint healthy, silently",
             success_threshold: 1,
             failure_threshold: 1,
@@ -124,57 +149,57 @@ mod tests {
             name: "failure threshold 1 flips on the first failure",
             success_threshold: 1,
             failure_threshold: 1,
-            results: "F",
-            flips: "U",
+            results: "S F",
+            flips: ". U",
         },
         Case {
             name: "thresholds 1 flip on every change, reported once each",
             success_threshold: 1,
             failure_threshold: 1,
-            results: "FFF SSS F S",
-            flips: "U.. H.. U H",
+            results: "S FFF SSS F S",
+            flips: ". U.. H.. U H",
         },
         Case {
             name: "failure threshold 3 needs three failures in a row",
             success_threshold: 1,
             failure_threshold: 3,
-            results: "FFF FF",
-            flips: "..U ..",
+            results: "S FFF FF",
+            flips: ". ..U ..",
         },
         Case {
             name: "a success resets the failure streak",
             success_threshold: 1,
             failure_threshold: 3,
-            results: "FF S FF S FFF",
-            flips: ".. . .. . ..U",
+            results: "S FF S FF S FFF",
+            flips: ". .. . .. . ..U",
         },
         Case {
             name: "success threshold 2 needs two successes in a row",
             success_threshold: 2,
             failure_threshold: 1,
-            results: "F S S SS",
-            flips: "U . H ..",
+            results: "S F S S SS",
+            flips: ". U . H ..",
         },
         Case {
             name: "a failure resets the success streak",
             success_threshold: 3,
             failure_threshold: 1,
-            results: "F SS F SS F SSS S",
-            flips: "U .. . .. . ..H .",
+            results: "S F SS F SS F SSS S",
+            flips: ". U .. . .. . ..H .",
         },
         Case {
             name: "flapping never flips with thresholds above 1",
             success_threshold: 2,
             failure_threshold: 2,
-            results: "FSFSFSFS",
-            flips: "........",
+            results: "S FSFSFSFS",
+            flips: ". ........",
         },
         Case {
             name: "the failing run that flipped does not count towards recovery",
             success_threshold: 2,
             failure_threshold: 2,
-            results: "FF FFFF S F SS",
-            flips: ".U .... . . .H",
+            results: "S FF FFFF S F SS",
+            flips: ". .U .... . . .H",
         },
         Case {
             name: "successes while healthy do not pre-load a later recovery",
