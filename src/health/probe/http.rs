@@ -1,12 +1,6 @@
-//! Probes: one health check of one endpoint, bounded by a timeout.
-//!
-//! A probe answers one question — did this endpoint pass the check just now? — and leaves the
-//! judging over time to [`super::HealthState`]. Every probe uses a fresh connection and closes
-//! it, so a probe never holds resources past its own deadline.
+//! The http probe: one request on a fresh connection; healthy iff it answers 2xx or 3xx.
 
-use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -16,69 +10,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::HealthCheck;
+use super::ProbeError;
 
 /// The `User-Agent` of HTTP probes, so endpoints can tell probes from traffic in their logs.
 pub const USER_AGENT_VALUE: &str = "vipd-health";
 
-/// Why a probe failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    /// The probe did not finish within its timeout.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// The TCP connection could not be established.
-    #[error("connect failed: {0}")]
-    Connect(#[source] io::Error),
-    /// The configured HTTP path does not make a valid request.
-    #[error("invalid http check path {path:?}: {source}")]
-    InvalidPath {
-        /// The configured path.
-        path: String,
-        /// Why the request could not be built from it.
-        source: hyper::http::Error,
-    },
-    /// The HTTP exchange failed (connection reset, closed early, malformed response, ...).
-    #[error("http request failed: {0}")]
-    Http(#[source] hyper::Error),
-    /// The endpoint answered with a status other than 2xx or 3xx.
-    #[error("unhealthy status {0}")]
-    Status(u16),
-}
-
-/// Runs one probe of `target` (for [`HealthCheck::None`] it succeeds at once).
-///
-/// The whole probe — connect, request, response head — must finish within `timeout`;
-/// otherwise it fails with [`ProbeError::Timeout`] and its connection is closed.
-pub async fn probe(
-    check: &HealthCheck,
-    target: SocketAddr,
-    timeout: Duration,
-) -> Result<(), ProbeError> {
-    let attempt = async {
-        match check {
-            HealthCheck::None => Ok(()),
-            HealthCheck::Tcp => probe_tcp(target).await,
-            HealthCheck::Http { path } => probe_http(path, target).await,
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
-        Err(_elapsed) => Err(ProbeError::Timeout(timeout)),
-    }
-}
-
-/// Healthy iff a TCP connection can be established; the connection is closed at once.
-async fn probe_tcp(target: SocketAddr) -> Result<(), ProbeError> {
-    let stream = TcpStream::connect(target)
-        .await
-        .map_err(ProbeError::Connect)?;
-    drop(stream);
-    Ok(())
-}
-
 /// Healthy iff `GET path` answers 2xx or 3xx.
-async fn probe_http(path: &str, target: SocketAddr) -> Result<(), ProbeError> {
+pub(super) async fn probe(path: &str, target: SocketAddr) -> Result<(), ProbeError> {
     // Built before connecting so a bad path fails without touching the endpoint.
     let request = Request::get(path)
         // `SocketAddr`'s display form is already a valid Host (IPv6 in brackets).
@@ -127,26 +65,14 @@ async fn probe_http(path: &str, target: SocketAddr) -> Result<(), ProbeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
 
-    /// Generous: only the timeout test relies on a deadline actually passing.
-    const LONG: Duration = Duration::from_secs(10);
-
-    async fn listener() -> (TcpListener, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        (listener, addr)
-    }
-
-    /// An address where nothing listens: bound, then released, so connects are refused.
-    async fn refused_addr() -> SocketAddr {
-        let (listener, addr) = listener().await;
-        drop(listener);
-        addr
-    }
+    use super::super::test_support::{LONG, listener, refused_addr};
+    use super::super::{ProbeError, probe};
+    use crate::config::HealthCheck;
 
     fn http(path: &str) -> HealthCheck {
         HealthCheck::Http {
@@ -224,34 +150,6 @@ mod tests {
                 headers,
             }
         })
-    }
-
-    #[tokio::test]
-    async fn none_succeeds_without_connecting() {
-        let addr = refused_addr().await;
-        probe(&HealthCheck::None, addr, LONG)
-            .await
-            .expect("no check");
-    }
-
-    #[tokio::test]
-    async fn tcp_succeeds_against_a_listener() {
-        // No accept needed: the kernel completes the handshake into the backlog.
-        let (_listener, addr) = listener().await;
-        probe(&HealthCheck::Tcp, addr, LONG).await.expect("healthy");
-    }
-
-    #[tokio::test]
-    async fn tcp_fails_when_refused() {
-        let addr = refused_addr().await;
-        let err = probe(&HealthCheck::Tcp, addr, LONG)
-            .await
-            .expect_err("refused");
-        match &err {
-            ProbeError::Connect(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
-            other => panic!("expected Connect, got {other:?}"),
-        }
-        assert!(err.to_string().starts_with("connect failed: "), "{err}");
     }
 
     #[tokio::test]
