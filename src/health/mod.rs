@@ -8,5 +8,5 @@
 pub mod probe;
 pub mod state;
 
-pub use probe::{ProbeError, probe};
+pub use probe::{ProbeError, ProbeTarget, probe};
 pub use state::HealthState;

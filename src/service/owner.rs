@@ -26,7 +26,7 @@ use super::snapshot::Placement;
 use super::{Change, Command, Endpoint, Inbox, PortPool, ServiceEvent, ServiceState, Snapshot};
 use crate::balance::{MaglevTables, PickerState, affinity_timeout};
 use crate::config::{self, EndpointSpec, Health, HealthCheck};
-use crate::health::{HealthState, ProbeError, probe};
+use crate::health::{HealthState, ProbeError, ProbeTarget, probe};
 
 /// One probe result: which endpoint and how it went.
 type ProbeReport = (SocketAddr, Result<(), ProbeError>);
@@ -249,6 +249,7 @@ impl Owner {
         }
         let target = probe_target(addr, &self.config.health);
         Some(self.probes.spawn(probe_loop(
+            self.service.name().to_owned(),
             addr,
             target,
             self.config.health.clone(),
@@ -720,6 +721,7 @@ fn probe_target(endpoint: SocketAddr, health: &Health) -> SocketAddr {
 
 /// Probes one endpoint every period (the first at once) and reports each result.
 async fn probe_loop(
+    service: String,
     addr: SocketAddr,
     target: SocketAddr,
     health: Health,
@@ -730,6 +732,11 @@ async fn probe_loop(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let target = ProbeTarget {
+            service: &service,
+            endpoint: addr,
+            target,
+        };
         let result = probe(&health.check, target, health.timeout).await;
         if reports.send((addr, result)).await.is_err() {
             return;

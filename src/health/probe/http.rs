@@ -70,7 +70,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
 
-    use super::super::test_support::{LONG, listener, refused_addr};
+    use super::super::test_support::{LONG, at, listener, refused_addr};
     use super::super::{ProbeError, probe};
     use crate::config::HealthCheck;
 
@@ -156,7 +156,7 @@ mod tests {
     async fn http_sends_path_host_and_user_agent() {
         let (listener, addr) = listener().await;
         let server = serve_once(listener, "/healthz?deep=1", "200 OK");
-        probe(&http("/healthz?deep=1"), addr, LONG)
+        probe(&http("/healthz?deep=1"), at(addr), LONG)
             .await
             .expect("healthy");
         let received = server.await.expect("server");
@@ -180,7 +180,7 @@ mod tests {
         for &(path, status, expected) in cases {
             let (listener, addr) = listener().await;
             let server = serve_once(listener, "/ok", status);
-            let result = probe(&http(path), addr, LONG).await;
+            let result = probe(&http(path), at(addr), LONG).await;
             match (expected, result) {
                 (None, Ok(())) => {}
                 (Some(code), Err(ProbeError::Status(got))) => {
@@ -202,7 +202,9 @@ mod tests {
     #[tokio::test]
     async fn http_fails_when_refused() {
         let addr = refused_addr().await;
-        let err = probe(&http("/"), addr, LONG).await.expect_err("refused");
+        let err = probe(&http("/"), at(addr), LONG)
+            .await
+            .expect_err("refused");
         assert!(matches!(err, ProbeError::Connect(_)), "{err:?}");
     }
 
@@ -219,7 +221,7 @@ mod tests {
                 .expect("request line");
             drop(stream);
         });
-        let err = probe(&http("/"), addr, LONG).await.expect_err("closed");
+        let err = probe(&http("/"), at(addr), LONG).await.expect_err("closed");
         assert!(matches!(err, ProbeError::Http(_)), "{err:?}");
         server.await.expect("server");
     }
@@ -228,7 +230,7 @@ mod tests {
     async fn http_rejects_an_invalid_path_before_connecting() {
         // Refused address: reaching the network would give `Connect` instead.
         let addr = refused_addr().await;
-        let err = probe(&http("/not a path"), addr, LONG)
+        let err = probe(&http("/not a path"), at(addr), LONG)
             .await
             .expect_err("invalid");
         assert!(
@@ -244,7 +246,7 @@ mod tests {
         // The accepted stream is held until the probe returns, so the endpoint neither answers
         // nor closes: only the deadline can end the probe.
         let check = http("/");
-        let (result, accepted) = tokio::join!(probe(&check, addr, timeout), listener.accept());
+        let (result, accepted) = tokio::join!(probe(&check, at(addr), timeout), listener.accept());
         let (mut held, _) = accepted.expect("accept");
         match result {
             Err(ProbeError::Timeout(t)) => assert_eq!(t, timeout),

@@ -43,20 +43,42 @@ pub enum ProbeError {
     Status(u16),
 }
 
+/// What one probe is about: the endpoint, where to reach it, and whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTarget<'a> {
+    /// The service the endpoint belongs to (given to exec checks).
+    pub service: &'a str,
+    /// The endpoint's own address, as it is in rotation.
+    pub endpoint: SocketAddr,
+    /// Where network probes connect: the endpoint's IP with `health.port`, or `endpoint`.
+    pub target: SocketAddr,
+}
+
+impl<'a> ProbeTarget<'a> {
+    /// A target probed on the endpoint's own address.
+    pub fn endpoint(service: &'a str, endpoint: SocketAddr) -> Self {
+        ProbeTarget {
+            service,
+            endpoint,
+            target: endpoint,
+        }
+    }
+}
+
 /// Runs one probe of `target` (for [`HealthCheck::None`] it succeeds at once).
 ///
 /// The whole probe — connect, request, response head — must finish within `timeout`;
 /// otherwise it fails with [`ProbeError::Timeout`] and its connection is closed.
 pub async fn probe(
     check: &HealthCheck,
-    target: SocketAddr,
+    target: ProbeTarget<'_>,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     let attempt = async {
         match check {
             HealthCheck::None => Ok(()),
-            HealthCheck::Tcp => tcp::probe(target).await,
-            HealthCheck::Http { path } => http::probe(path, target).await,
+            HealthCheck::Tcp => tcp::probe(target.target).await,
+            HealthCheck::Http { path } => http::probe(path, target.target).await,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -67,13 +89,13 @@ pub async fn probe(
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{LONG, refused_addr};
+    use super::test_support::{LONG, at, refused_addr};
     use super::*;
 
     #[tokio::test]
     async fn none_succeeds_without_connecting() {
         let addr = refused_addr().await;
-        probe(&HealthCheck::None, addr, LONG)
+        probe(&HealthCheck::None, at(addr), LONG)
             .await
             .expect("no check");
     }

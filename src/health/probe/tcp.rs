@@ -20,7 +20,7 @@ mod tests {
     use std::io;
 
     use super::super::probe;
-    use super::super::test_support::{LONG, listener, refused_addr};
+    use super::super::test_support::{LONG, at, listener, refused_addr};
     use super::*;
     use crate::config::HealthCheck;
 
@@ -28,13 +28,15 @@ mod tests {
     async fn tcp_succeeds_against_a_listener() {
         // No accept needed: the kernel completes the handshake into the backlog.
         let (_listener, addr) = listener().await;
-        probe(&HealthCheck::Tcp, addr, LONG).await.expect("healthy");
+        probe(&HealthCheck::Tcp, at(addr), LONG)
+            .await
+            .expect("healthy");
     }
 
     #[tokio::test]
     async fn tcp_fails_when_refused() {
         let addr = refused_addr().await;
-        let err = probe(&HealthCheck::Tcp, addr, LONG)
+        let err = probe(&HealthCheck::Tcp, at(addr), LONG)
             .await
             .expect_err("refused");
         match &err {

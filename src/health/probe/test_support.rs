@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use super::ProbeTarget;
+
 /// Generous: only the timeout tests rely on a deadline actually passing.
 pub(super) const LONG: Duration = Duration::from_secs(10);
 
@@ -19,4 +21,9 @@ pub(super) async fn refused_addr() -> SocketAddr {
     let (listener, addr) = listener().await;
     drop(listener);
     addr
+}
+
+/// A probe of `addr` itself, as an endpoint of service "web".
+pub(super) fn at(addr: SocketAddr) -> ProbeTarget<'static> {
+    ProbeTarget::endpoint("web", addr)
 }
