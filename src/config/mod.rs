@@ -300,8 +300,8 @@ pub struct Health {
 /// The kind of active health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
-    /// A TCP connect must succeed.
-    Tcp,
+    /// A TCP connect must succeed (and, when set, a write and an expected reply).
+    Tcp(TcpCheck),
     /// `GET path` must answer 2xx or 3xx.
     Http {
         /// Request path, starting with `/`.
@@ -309,6 +309,37 @@ pub enum HealthCheck {
     },
     /// No active checks: every endpoint is healthy.
     None,
+}
+
+impl HealthCheck {
+    /// A plain TCP check: connecting is enough.
+    pub fn tcp() -> Self {
+        HealthCheck::Tcp(TcpCheck::default())
+    }
+
+    /// The name used in the config file (`check = "..."`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            HealthCheck::Tcp(_) => "tcp",
+            HealthCheck::Http { .. } => "http",
+            HealthCheck::None => "none",
+        }
+    }
+}
+
+/// `check = "tcp"`: connect, optionally send, optionally read until the expected bytes arrive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpCheck {
+    /// Written once connected (`send`, or `send_hex` decoded); `None` = write nothing.
+    pub send: Option<Vec<u8>>,
+    /// Must occur in the first [`TcpCheck::READ_LIMIT`] bytes the endpoint sends back within
+    /// the timeout (`expect`, or `expect_hex` decoded; never empty); `None` = don't read.
+    pub expect: Option<Vec<u8>>,
+}
+
+impl TcpCheck {
+    /// How much of the reply an `expect` is looked for in.
+    pub const READ_LIMIT: usize = 16 * 1024;
 }
 
 /// Per-connection settings (`[defaults]`, overridable per service).
@@ -338,7 +369,7 @@ impl Default for ConnectionSettings {
 impl Default for Health {
     fn default() -> Self {
         Health {
-            check: HealthCheck::Tcp,
+            check: HealthCheck::tcp(),
             port: None,
             period: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
@@ -378,7 +409,7 @@ pub fn summary(service: &Service) -> String {
         })
         .collect();
     let check = match &service.health.check {
-        HealthCheck::Tcp => format!("tcp every {:?}", service.health.period),
+        HealthCheck::Tcp(_) => format!("tcp every {:?}", service.health.period),
         HealthCheck::Http { path } => format!("http {path} every {:?}", service.health.period),
         HealthCheck::None => "none".to_owned(),
     };

@@ -297,6 +297,14 @@ pub struct RawHealth {
     pub check: Option<RawCheck>,
     /// HTTP request path (http only).
     pub path: Option<String>,
+    /// Bytes written after connect, as text (tcp only).
+    pub send: Option<String>,
+    /// Bytes written after connect, as hex digits (tcp only).
+    pub send_hex: Option<String>,
+    /// Text the reply must contain (tcp; http: the body).
+    pub expect: Option<String>,
+    /// Bytes the reply must contain, as hex digits (tcp only).
+    pub expect_hex: Option<String>,
     /// Probe port override.
     pub port: Option<u16>,
     /// Probe period.
@@ -321,6 +329,17 @@ pub enum RawCheck {
     Http,
     /// `"none"`.
     None,
+}
+
+impl RawCheck {
+    /// The spelling in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            RawCheck::Tcp => "tcp",
+            RawCheck::Http => "http",
+            RawCheck::None => "none",
+        }
+    }
 }
 
 /// Deserializes an optional humantime duration (`"500ms"`, `"1h 30m"`).

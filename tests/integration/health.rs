@@ -19,7 +19,7 @@ async fn tcp_check_marks_down_and_up_and_traffic_follows() {
     let steady = Backend::start("steady", Behaviour::Name).await;
     let svc = with_health(
         service("tcp-health", &[flaky.addr, steady.addr]),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         PERIOD,
     );
     let vipd = Running::start(vec![svc], false).await;

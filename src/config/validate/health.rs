@@ -1,18 +1,53 @@
-//! `[service.health]`: the check kind and its path, the probe port, period and timeout, and the
-//! thresholds.
+//! `[service.health]`: the check kind and the keys of each kind, the probe port, period and
+//! timeout, and the thresholds.
+//!
+//! A key that belongs to another kind than `check` is one problem naming both, never silently
+//! ignored: a forgotten `check = "http"` must not leave a `path` doing nothing.
 
 use super::Validator;
+use super::hex;
 use crate::config::raw::{RawCheck, RawHealth};
-use crate::config::{Health, HealthCheck, ProblemScope};
+use crate::config::{Health, HealthCheck, ProblemScope, TcpCheck};
+
+/// The keys only some check kinds take: the key, whether it is set, and the kinds that take it.
+fn kind_keys(raw: &RawHealth) -> [(&'static str, bool, &'static [RawCheck]); 5] {
+    use RawCheck::{Http, Tcp};
+    [
+        ("path", raw.path.is_some(), &[Http]),
+        ("send", raw.send.is_some(), &[Tcp]),
+        ("send_hex", raw.send_hex.is_some(), &[Tcp]),
+        ("expect", raw.expect.is_some(), &[Tcp]),
+        ("expect_hex", raw.expect_hex.is_some(), &[Tcp]),
+    ]
+}
 
 impl Validator {
     pub(super) fn health(&mut self, scope: &ProblemScope, raw: Option<&RawHealth>) -> Health {
         let base = Health::default();
         let Some(raw) = raw else { return base };
 
-        let check = match (raw.check.unwrap_or(RawCheck::Tcp), &raw.path) {
-            (RawCheck::Http, path) => {
-                let path = path.clone().unwrap_or_else(|| "/".to_owned());
+        let kind = raw.check.unwrap_or(RawCheck::Tcp);
+        // A key of another kind is reported once and otherwise ignored, so a wrong kind does
+        // not also bring that key's own complaints.
+        for (key, set, kinds) in kind_keys(raw) {
+            if set && !kinds.contains(&kind) {
+                let allowed: Vec<String> =
+                    kinds.iter().map(|k| format!("\"{}\"", k.name())).collect();
+                self.push(
+                    scope,
+                    format!("health.{key}"),
+                    format!(
+                        "only allowed with check = {} (check is \"{}\")",
+                        allowed.join(" or "),
+                        kind.name()
+                    ),
+                );
+            }
+        }
+        let check = match kind {
+            RawCheck::Tcp => HealthCheck::Tcp(self.tcp_check(scope, raw)),
+            RawCheck::Http => {
+                let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
                 if !path.starts_with('/') {
                     self.push(
                         scope,
@@ -29,21 +64,7 @@ impl Validator {
                 }
                 HealthCheck::Http { path }
             }
-            (other, path) => {
-                let (name, check) = if other == RawCheck::Tcp {
-                    ("tcp", HealthCheck::Tcp)
-                } else {
-                    ("none", HealthCheck::None)
-                };
-                if path.is_some() {
-                    self.push(
-                        scope,
-                        "health.path",
-                        format!("only allowed with check = \"http\" (check is \"{name}\")"),
-                    );
-                }
-                check
-            }
+            RawCheck::None => HealthCheck::None,
         };
 
         if raw.port == Some(0) {
@@ -86,6 +107,73 @@ impl Validator {
             success_threshold,
         }
     }
+
+    /// `send`/`send_hex` and `expect`/`expect_hex`.
+    fn tcp_check(&mut self, scope: &ProblemScope, raw: &RawHealth) -> TcpCheck {
+        let send = self.bytes(
+            scope,
+            ("send", &raw.send),
+            ("send_hex", &raw.send_hex),
+            None,
+        );
+        let expect = self.bytes(
+            scope,
+            ("expect", &raw.expect),
+            ("expect_hex", &raw.expect_hex),
+            Some(TcpCheck::READ_LIMIT),
+        );
+        TcpCheck { send, expect }
+    }
+
+    /// The bytes of a text key or of its `_hex` twin: at most one of them set, not empty, and
+    /// no longer than `limit` (an `expect` longer than what a probe reads could never match).
+    fn bytes(
+        &mut self,
+        scope: &ProblemScope,
+        (text_key, text): (&str, &Option<String>),
+        (hex_key, hex_text): (&str, &Option<String>),
+        limit: Option<usize>,
+    ) -> Option<Vec<u8>> {
+        let (key, bytes) = match (text, hex_text) {
+            (None, None) => return None,
+            (Some(_), Some(_)) => {
+                self.push(
+                    scope,
+                    format!("health.{hex_key}"),
+                    format!("only one of health.{text_key} and health.{hex_key} may be set"),
+                );
+                return None;
+            }
+            (Some(text), None) => (text_key, text.as_bytes().to_vec()),
+            (None, Some(hex_text)) => match hex::decode(hex_text) {
+                Ok(bytes) => (hex_key, bytes),
+                Err(e) => {
+                    self.push(
+                        scope,
+                        format!("health.{hex_key}"),
+                        format!("{hex_text:?}: {e}"),
+                    );
+                    return None;
+                }
+            },
+        };
+        if bytes.is_empty() {
+            self.push(scope, format!("health.{key}"), "must not be empty");
+            return None;
+        }
+        if let Some(limit) = limit.filter(|&limit| bytes.len() > limit) {
+            self.push(
+                scope,
+                format!("health.{key}"),
+                format!(
+                    "{} bytes is longer than the {limit} bytes a probe reads",
+                    bytes.len()
+                ),
+            );
+            return None;
+        }
+        Some(bytes)
+    }
 }
 
 #[cfg(test)]
@@ -111,7 +199,7 @@ mod tests {
         );
         assert_eq!(
             check("[service.health]\nperiod = \"5s\"\n"),
-            HealthCheck::Tcp
+            HealthCheck::tcp()
         );
         // Only a default timeout that is not shorter than the period is an error.
         let h = load(&service("[service.health]\nperiod = \"600ms\"\n"))
@@ -123,9 +211,89 @@ mod tests {
     }
 
     #[test]
+    fn tcp_send_and_expect_convert() {
+        let check = |keys: &str| {
+            load(&service(&format!("[service.health]\n{keys}\n")))
+                .unwrap()
+                .services[0]
+                .health
+                .check
+                .clone()
+        };
+        let tcp = |send: Option<&[u8]>, expect: Option<&[u8]>| {
+            HealthCheck::Tcp(TcpCheck {
+                send: send.map(<[u8]>::to_vec),
+                expect: expect.map(<[u8]>::to_vec),
+            })
+        };
+        // TOML escapes reach the wire as the bytes they stand for.
+        assert_eq!(
+            check("send = \"INFO replication\\r\\n\"\nexpect = \"role:master\""),
+            tcp(Some(b"INFO replication\r\n"), Some(b"role:master"))
+        );
+        assert_eq!(
+            check("check = \"tcp\"\nsend_hex = \"00 FF 0d0a\"\nexpect_hex = \"2b\""),
+            tcp(Some(&[0x00, 0xff, 0x0d, 0x0a]), Some(b"+"))
+        );
+        assert_eq!(check("send = \"QUIT\\r\\n\""), tcp(Some(b"QUIT\r\n"), None));
+        // Exactly the read limit still fits.
+        let longest = format!("expect = \"{}\"", "x".repeat(TcpCheck::READ_LIMIT));
+        assert_eq!(
+            check(&longest),
+            tcp(None, Some(&vec![b'x'; TcpCheck::READ_LIMIT]))
+        );
+    }
+
+    #[test]
     fn each_rule_reports_its_key() {
+        let health = |keys: &str| service(&format!("[service.health]\n{keys}\n"));
+        let too_long = format!("expect = \"{}\"", "x".repeat(TcpCheck::READ_LIMIT + 1));
         // (text, the one expected problem line)
         let cases: Vec<(String, &str)> = vec![
+            (
+                health("check = \"http\"\nsend = \"PING\""),
+                "vipd.toml: service \"web\": health.send: only allowed with check = \"tcp\" (check is \"http\")",
+            ),
+            (
+                health("check = \"none\"\nexpect_hex = \"00\""),
+                "vipd.toml: service \"web\": health.expect_hex: only allowed with check = \"tcp\" (check is \"none\")",
+            ),
+            (
+                health("send = \"PING\"\nsend_hex = \"00\""),
+                "vipd.toml: service \"web\": health.send_hex: only one of health.send and health.send_hex may be set",
+            ),
+            (
+                health("expect = \"+PONG\"\nexpect_hex = \"2b\""),
+                "vipd.toml: service \"web\": health.expect_hex: only one of health.expect and health.expect_hex may be set",
+            ),
+            (
+                health("send = \"\""),
+                "vipd.toml: service \"web\": health.send: must not be empty",
+            ),
+            (
+                health("expect = \"\""),
+                "vipd.toml: service \"web\": health.expect: must not be empty",
+            ),
+            (
+                health("send_hex = \" \""),
+                "vipd.toml: service \"web\": health.send_hex: must not be empty",
+            ),
+            (
+                health("send_hex = \"0a 0g\""),
+                "vipd.toml: service \"web\": health.send_hex: \"0a 0g\": 'g' at position 5 is not a hex digit",
+            ),
+            (
+                health("expect_hex = \"2b5\""),
+                "vipd.toml: service \"web\": health.expect_hex: \"2b5\": ends in half a byte (an odd number of hex digits)",
+            ),
+            (
+                health("expect_hex = \"2 b\""),
+                "vipd.toml: service \"web\": health.expect_hex: \"2 b\": whitespace at position 2 splits a byte",
+            ),
+            (
+                health(&too_long),
+                "vipd.toml: service \"web\": health.expect: 16385 bytes is longer than the 16384 bytes a probe reads",
+            ),
             (
                 service("[service.health]\npath = \"/x\"\n"),
                 "vipd.toml: service \"web\": health.path: only allowed with check = \"http\" (check is \"tcp\")",

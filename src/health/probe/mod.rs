@@ -2,20 +2,28 @@
 //!
 //! A probe answers one question — did this endpoint pass the check just now? — and leaves the
 //! judging over time to [`super::HealthState`]. Every probe uses a fresh connection and closes
-//! it, so a probe never holds resources past its own deadline. One file per kind: [`tcp`],
-//! [`http`].
+//! it, so a probe never holds resources past its own deadline.
+//!
+//! All kinds have one shape: connect → optional send → read until the expectation is met or
+//! the deadline passes. One file per kind ([`tcp`], [`http`]); the reading against an
+//! expectation is the pure [`expect::Matcher`], whatever carries the bytes.
 
+pub mod expect;
 mod http;
 mod tcp;
 #[cfg(test)]
 mod test_support;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::config::HealthCheck;
 
+pub use expect::Unmet;
 pub use http::USER_AGENT_VALUE;
 
 /// Why a probe failed.
@@ -27,6 +35,20 @@ pub enum ProbeError {
     /// The TCP connection could not be established.
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
+    /// Writing the check's `send` bytes failed.
+    #[error("send failed: {0}")]
+    Send(#[source] io::Error),
+    /// Reading the reply failed (connection reset, ...).
+    #[error("receive failed after {received} bytes: {source}")]
+    Receive {
+        /// Bytes read before the failure.
+        received: usize,
+        /// The read error.
+        source: io::Error,
+    },
+    /// The reply did not contain the expected bytes.
+    #[error(transparent)]
+    Expect(#[from] Unmet),
     /// The configured HTTP path does not make a valid request.
     #[error("invalid http check path {path:?}: {source}")]
     InvalidPath {
@@ -67,23 +89,45 @@ impl<'a> ProbeTarget<'a> {
 
 /// Runs one probe of `target` (for [`HealthCheck::None`] it succeeds at once).
 ///
-/// The whole probe — connect, request, response head — must finish within `timeout`;
-/// otherwise it fails with [`ProbeError::Timeout`] and its connection is closed.
+/// The whole probe — connect, send, reply — must finish within `timeout`; otherwise it fails
+/// (with [`ProbeError::Timeout`], or [`ProbeError::Expect`] saying what had arrived) and its
+/// connection is closed.
 pub async fn probe(
     check: &HealthCheck,
     target: ProbeTarget<'_>,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    let attempt = async {
-        match check {
-            HealthCheck::None => Ok(()),
-            HealthCheck::Tcp => tcp::probe(target.target).await,
-            HealthCheck::Http { path } => http::probe(path, target.target).await,
+    let deadline = Deadline::after(timeout);
+    match check {
+        HealthCheck::None => Ok(()),
+        HealthCheck::Tcp(check) => tcp::probe(check, target.target, deadline).await,
+        HealthCheck::Http { path } => deadline.run(http::probe(path, target.target)).await,
+    }
+}
+
+/// When a probe must be done, and the timeout it came from (for messages).
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn after(timeout: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + timeout,
+            timeout,
         }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
-        Err(_elapsed) => Err(ProbeError::Timeout(timeout)),
+    }
+
+    /// Runs `step`, failing with [`ProbeError::Timeout`] if the deadline passes first.
+    async fn run<T>(
+        self,
+        step: impl Future<Output = Result<T, ProbeError>>,
+    ) -> Result<T, ProbeError> {
+        tokio::time::timeout_at(self.at, step)
+            .await
+            .unwrap_or(Err(ProbeError::Timeout(self.timeout)))
     }
 }
 
