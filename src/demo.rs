@@ -71,9 +71,7 @@ pub fn config(ports: Ports) -> Config {
             slow_start: None,
             when_all_unhealthy: WhenAllUnhealthy::FailOpen,
             health: Health {
-                check: HealthCheck::Http {
-                    path: "/healthz".to_owned(),
-                },
+                check: HealthCheck::http("/healthz"),
                 port: None,
                 period: Duration::from_secs(1),
                 timeout: Duration::from_millis(500),

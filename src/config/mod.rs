@@ -302,11 +302,8 @@ pub struct Health {
 pub enum HealthCheck {
     /// A TCP connect must succeed (and, when set, a write and an expected reply).
     Tcp(TcpCheck),
-    /// `GET path` must answer 2xx or 3xx.
-    Http {
-        /// Request path, starting with `/`.
-        path: String,
-    },
+    /// One HTTP request must get an expected status (and, when set, body).
+    Http(HttpCheck),
     /// No active checks: every endpoint is healthy.
     None,
 }
@@ -317,11 +314,16 @@ impl HealthCheck {
         HealthCheck::Tcp(TcpCheck::default())
     }
 
+    /// `GET path`, healthy on any 2xx or 3xx.
+    pub fn http(path: impl Into<String>) -> Self {
+        HealthCheck::Http(HttpCheck::get(path))
+    }
+
     /// The name used in the config file (`check = "..."`).
     pub fn name(&self) -> &'static str {
         match self {
             HealthCheck::Tcp(_) => "tcp",
-            HealthCheck::Http { .. } => "http",
+            HealthCheck::Http(_) => "http",
             HealthCheck::None => "none",
         }
     }
@@ -340,6 +342,68 @@ pub struct TcpCheck {
 impl TcpCheck {
     /// How much of the reply an `expect` is looked for in.
     pub const READ_LIMIT: usize = 16 * 1024;
+}
+
+/// `check = "http"`: one request on a fresh connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// The request method.
+    pub method: HttpMethod,
+    /// Request path (with query, if any), starting with `/`.
+    pub path: String,
+    /// The `Host` header, `host[:port]`; `None` = the address probed.
+    pub host: Option<String>,
+    /// The statuses that count as healthy (100-599, unique, not empty); `None` = any 2xx or 3xx.
+    pub expect_status: Option<Vec<u16>>,
+    /// Must occur in the first [`HttpCheck::BODY_LIMIT`] bytes of the body (never empty; never
+    /// with `HEAD`); `None` = the body is not read.
+    pub expect: Option<String>,
+}
+
+impl HttpCheck {
+    /// How much of the body an `expect` is looked for in.
+    pub const BODY_LIMIT: usize = 64 * 1024;
+
+    /// `GET path`, healthy on any 2xx or 3xx.
+    pub fn get(path: impl Into<String>) -> Self {
+        HttpCheck {
+            method: HttpMethod::Get,
+            path: path.into(),
+            host: None,
+            expect_status: None,
+            expect: None,
+        }
+    }
+
+    /// Whether an answer with `status` passes (the body aside).
+    pub fn status_ok(&self, status: u16) -> bool {
+        match &self.expect_status {
+            Some(statuses) => statuses.contains(&status),
+            None => (200..400).contains(&status),
+        }
+    }
+}
+
+/// `health.method`: HTTP methods a probe may use, none of which changes anything on the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// `GET`.
+    Get,
+    /// `HEAD`: the status alone, the endpoint sends no body.
+    Head,
+    /// `OPTIONS`.
+    Options,
+}
+
+impl HttpMethod {
+    /// The method as sent, and as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Options => "OPTIONS",
+        }
+    }
 }
 
 /// Per-connection settings (`[defaults]`, overridable per service).
@@ -410,7 +474,7 @@ pub fn summary(service: &Service) -> String {
         .collect();
     let check = match &service.health.check {
         HealthCheck::Tcp(_) => format!("tcp every {:?}", service.health.period),
-        HealthCheck::Http { path } => format!("http {path} every {:?}", service.health.period),
+        HealthCheck::Http(http) => format!("http {} every {:?}", http.path, service.health.period),
         HealthCheck::None => "none".to_owned(),
     };
     let affinity = match service.session_affinity {

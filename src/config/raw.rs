@@ -305,6 +305,12 @@ pub struct RawHealth {
     pub expect: Option<String>,
     /// Bytes the reply must contain, as hex digits (tcp only).
     pub expect_hex: Option<String>,
+    /// Statuses that count as healthy (http only).
+    pub expect_status: Option<Vec<u16>>,
+    /// `Host` header (http only).
+    pub host: Option<String>,
+    /// Request method (http only).
+    pub method: Option<RawMethod>,
     /// Probe port override.
     pub port: Option<u16>,
     /// Probe period.
@@ -340,6 +346,18 @@ impl RawCheck {
             RawCheck::None => "none",
         }
     }
+}
+
+/// `health.method`, spelled as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RawMethod {
+    /// `"GET"`.
+    Get,
+    /// `"HEAD"`.
+    Head,
+    /// `"OPTIONS"`.
+    Options,
 }
 
 /// Deserializes an optional humantime duration (`"500ms"`, `"1h 30m"`).

@@ -55,9 +55,7 @@ async fn http_check_follows_status_codes_with_thresholds() {
     let backend = HttpBackend::start(200).await;
     let mut svc = with_health(
         service("http-health", &[backend.addr]),
-        HealthCheck::Http {
-            path: "/healthz".to_owned(),
-        },
+        HealthCheck::http("/healthz"),
         PERIOD,
     );
     svc.health.failure_threshold = NonZeroU32::new(2).unwrap();

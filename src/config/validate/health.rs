@@ -4,19 +4,25 @@
 //! A key that belongs to another kind than `check` is one problem naming both, never silently
 //! ignored: a forgotten `check = "http"` must not leave a `path` doing nothing.
 
+use std::collections::HashSet;
+
 use super::Validator;
 use super::hex;
-use crate::config::raw::{RawCheck, RawHealth};
-use crate::config::{Health, HealthCheck, ProblemScope, TcpCheck};
+use super::names::check_host_port;
+use crate::config::raw::{RawCheck, RawHealth, RawMethod};
+use crate::config::{Health, HealthCheck, HttpCheck, HttpMethod, ProblemScope, TcpCheck};
 
 /// The keys only some check kinds take: the key, whether it is set, and the kinds that take it.
-fn kind_keys(raw: &RawHealth) -> [(&'static str, bool, &'static [RawCheck]); 5] {
+fn kind_keys(raw: &RawHealth) -> [(&'static str, bool, &'static [RawCheck]); 8] {
     use RawCheck::{Http, Tcp};
     [
         ("path", raw.path.is_some(), &[Http]),
+        ("method", raw.method.is_some(), &[Http]),
+        ("host", raw.host.is_some(), &[Http]),
+        ("expect_status", raw.expect_status.is_some(), &[Http]),
         ("send", raw.send.is_some(), &[Tcp]),
         ("send_hex", raw.send_hex.is_some(), &[Tcp]),
-        ("expect", raw.expect.is_some(), &[Tcp]),
+        ("expect", raw.expect.is_some(), &[Tcp, Http]),
         ("expect_hex", raw.expect_hex.is_some(), &[Tcp]),
     ]
 }
@@ -46,24 +52,7 @@ impl Validator {
         }
         let check = match kind {
             RawCheck::Tcp => HealthCheck::Tcp(self.tcp_check(scope, raw)),
-            RawCheck::Http => {
-                let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
-                if !path.starts_with('/') {
-                    self.push(
-                        scope,
-                        "health.path",
-                        format!("\"{path}\" must start with '/'"),
-                    );
-                } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    // The path goes verbatim into the request line.
-                    self.push(
-                        scope,
-                        "health.path",
-                        format!("{path:?} must not contain spaces or control characters"),
-                    );
-                }
-                HealthCheck::Http { path }
-            }
+            RawCheck::Http => HealthCheck::Http(self.http_check(scope, raw)),
             RawCheck::None => HealthCheck::None,
         };
 
@@ -123,6 +112,84 @@ impl Validator {
             Some(TcpCheck::READ_LIMIT),
         );
         TcpCheck { send, expect }
+    }
+
+    /// `method`, `path`, `host`, `expect_status` and `expect` (the body).
+    fn http_check(&mut self, scope: &ProblemScope, raw: &RawHealth) -> HttpCheck {
+        let method = match raw.method {
+            None | Some(RawMethod::Get) => HttpMethod::Get,
+            Some(RawMethod::Head) => HttpMethod::Head,
+            Some(RawMethod::Options) => HttpMethod::Options,
+        };
+        let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') {
+            self.push(
+                scope,
+                "health.path",
+                format!("\"{path}\" must start with '/'"),
+            );
+        } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // The path goes verbatim into the request line.
+            self.push(
+                scope,
+                "health.path",
+                format!("{path:?} must not contain spaces or control characters"),
+            );
+        }
+        if let Some(Err(e)) = raw.host.as_deref().map(check_host_port) {
+            self.push(scope, "health.host", e);
+        }
+        let expect_status = raw
+            .expect_status
+            .as_deref()
+            .map(|statuses| self.statuses(scope, statuses));
+        let expect = match (&raw.expect, method) {
+            (Some(_), HttpMethod::Head) => {
+                self.push(
+                    scope,
+                    "health.expect",
+                    "not allowed with method = \"HEAD\" (a HEAD answer has no body)",
+                );
+                None
+            }
+            (expect, _) => self
+                .bytes(
+                    scope,
+                    ("expect", expect),
+                    ("expect_hex", &None),
+                    Some(HttpCheck::BODY_LIMIT),
+                )
+                // Came from a string, so still valid UTF-8.
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+        };
+        HttpCheck {
+            method,
+            path,
+            host: raw.host.clone(),
+            expect_status,
+            expect,
+        }
+    }
+
+    /// `expect_status`: a non-empty list of unique statuses 100-599.
+    fn statuses(&mut self, scope: &ProblemScope, statuses: &[u16]) -> Vec<u16> {
+        if statuses.is_empty() {
+            self.push(
+                scope,
+                "health.expect_status",
+                "must list at least one status",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, &status) in statuses.iter().enumerate() {
+            let key = format!("health.expect_status[{i}]");
+            if !(100..=599).contains(&status) {
+                self.push(scope, key, format!("{status} is out of range 100-599"));
+            } else if !seen.insert(status) {
+                self.push(scope, key, format!("{status} is listed twice"));
+            }
+        }
+        statuses.to_vec()
     }
 
     /// The bytes of a text key or of its `_hex` twin: at most one of them set, not empty, and
@@ -191,7 +258,7 @@ mod tests {
         };
         assert_eq!(
             check("[service.health]\ncheck = \"http\"\n"),
-            HealthCheck::Http { path: "/".into() }
+            HealthCheck::http("/")
         );
         assert_eq!(
             check("[service.health]\ncheck = \"none\"\n"),
@@ -208,6 +275,41 @@ mod tests {
             .health
             .clone();
         assert_eq!((h.period, h.timeout), (ms(600), ms(500)));
+    }
+
+    #[test]
+    fn http_keys_convert() {
+        let check = |keys: &str| {
+            load(&service(&format!(
+                "[service.health]\ncheck = \"http\"\n{keys}\n"
+            )))
+            .unwrap()
+            .services[0]
+                .health
+                .check
+                .clone()
+        };
+        assert_eq!(check(""), HealthCheck::http("/"));
+        assert_eq!(
+            check(
+                "method = \"OPTIONS\"\npath = \"/primary\"\nhost = \"[::1]:8008\"\n\
+                 expect_status = [200, 204]\nexpect = \"running\""
+            ),
+            HealthCheck::Http(HttpCheck {
+                method: HttpMethod::Options,
+                path: "/primary".into(),
+                host: Some("[::1]:8008".into()),
+                expect_status: Some(vec![200, 204]),
+                expect: Some("running".into()),
+            })
+        );
+        assert_eq!(
+            check("method = \"HEAD\""),
+            HealthCheck::Http(HttpCheck {
+                method: HttpMethod::Head,
+                ..HttpCheck::get("/")
+            })
+        );
     }
 
     #[test]
@@ -248,6 +350,10 @@ mod tests {
     fn each_rule_reports_its_key() {
         let health = |keys: &str| service(&format!("[service.health]\n{keys}\n"));
         let too_long = format!("expect = \"{}\"", "x".repeat(TcpCheck::READ_LIMIT + 1));
+        let too_long_body = format!(
+            "check = \"http\"\nexpect = \"{}\"",
+            "x".repeat(HttpCheck::BODY_LIMIT + 1)
+        );
         // (text, the one expected problem line)
         let cases: Vec<(String, &str)> = vec![
             (
@@ -293,6 +399,70 @@ mod tests {
             (
                 health(&too_long),
                 "vipd.toml: service \"web\": health.expect: 16385 bytes is longer than the 16384 bytes a probe reads",
+            ),
+            (
+                health(&too_long_body),
+                "vipd.toml: service \"web\": health.expect: 65537 bytes is longer than the 65536 bytes a probe reads",
+            ),
+            (
+                health("method = \"HEAD\""),
+                "vipd.toml: service \"web\": health.method: only allowed with check = \"http\" (check is \"tcp\")",
+            ),
+            (
+                health("host = \"db\""),
+                "vipd.toml: service \"web\": health.host: only allowed with check = \"http\" (check is \"tcp\")",
+            ),
+            (
+                health("check = \"none\"\nexpect_status = [200]"),
+                "vipd.toml: service \"web\": health.expect_status: only allowed with check = \"http\" (check is \"none\")",
+            ),
+            (
+                health("check = \"none\"\nexpect = \"x\""),
+                "vipd.toml: service \"web\": health.expect: only allowed with check = \"tcp\" or \"http\" (check is \"none\")",
+            ),
+            (
+                health("check = \"http\"\nsend_hex = \"00\""),
+                "vipd.toml: service \"web\": health.send_hex: only allowed with check = \"tcp\" (check is \"http\")",
+            ),
+            (
+                health("check = \"http\"\nexpect_hex = \"00\""),
+                "vipd.toml: service \"web\": health.expect_hex: only allowed with check = \"tcp\" (check is \"http\")",
+            ),
+            (
+                health("check = \"http\"\nmethod = \"HEAD\"\nexpect = \"ok\""),
+                "vipd.toml: service \"web\": health.expect: not allowed with method = \"HEAD\" (a HEAD answer has no body)",
+            ),
+            (
+                health("check = \"http\"\nexpect = \"\""),
+                "vipd.toml: service \"web\": health.expect: must not be empty",
+            ),
+            (
+                health("check = \"http\"\nexpect_status = []"),
+                "vipd.toml: service \"web\": health.expect_status: must list at least one status",
+            ),
+            (
+                health("check = \"http\"\nexpect_status = [200, 600]"),
+                "vipd.toml: service \"web\": health.expect_status[1]: 600 is out of range 100-599",
+            ),
+            (
+                health("check = \"http\"\nexpect_status = [99]"),
+                "vipd.toml: service \"web\": health.expect_status[0]: 99 is out of range 100-599",
+            ),
+            (
+                health("check = \"http\"\nexpect_status = [200, 204, 200]"),
+                "vipd.toml: service \"web\": health.expect_status[2]: 200 is listed twice",
+            ),
+            (
+                health("check = \"http\"\nhost = \"db example\""),
+                "vipd.toml: service \"web\": health.host: \"db example\" must not contain spaces or control characters",
+            ),
+            (
+                health("check = \"http\"\nhost = \"::1\""),
+                "vipd.toml: service \"web\": health.host: \"::1\" is not a host or host:port",
+            ),
+            (
+                health("check = \"http\"\nhost = \"db:0\""),
+                "vipd.toml: service \"web\": health.host: \"db:0\": the port must be 1-65535",
             ),
             (
                 service("[service.health]\npath = \"/x\"\n"),

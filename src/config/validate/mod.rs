@@ -234,9 +234,7 @@ mod tests {
         assert_eq!(
             web.health,
             Health {
-                check: HealthCheck::Http {
-                    path: "/healthz".into()
-                },
+                check: HealthCheck::http("/healthz"),
                 port: Some(9100),
                 period: ms(2000),
                 timeout: ms(1000),

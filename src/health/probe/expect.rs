@@ -130,9 +130,14 @@ impl<'a> Matcher<'a> {
         }
     }
 
-    /// How many bytes of a reply are looked at.
-    pub fn limit(&self) -> usize {
-        self.limit
+    /// Takes the next bytes and says whether the probe is decided: `Some(Ok)` once found,
+    /// `Some(Err)` once the limit is reached without them, `None` to read on.
+    pub fn verdict(&mut self, bytes: &[u8]) -> Option<Result<(), Unmet>> {
+        match self.feed(bytes) {
+            Progress::Found => Some(Ok(())),
+            Progress::Full => Some(Err(self.unmet(End::Limit(self.limit)))),
+            Progress::More => None,
+        }
     }
 
     /// How many bytes counted so far (at most the limit).
@@ -237,6 +242,18 @@ mod tests {
             feed_all(&mut m, &[b"role:mas", b"ter"]),
             [Progress::More, Progress::Found]
         );
+    }
+
+    #[test]
+    fn verdict_decides_on_found_or_full_only() {
+        let mut m = Matcher::new(b"ok", 6);
+        assert_eq!(m.verdict(b"o"), None);
+        assert_eq!(m.verdict(b"k"), Some(Ok(())));
+        let mut m = Matcher::new(b"ok", 6);
+        assert_eq!(m.verdict(b"nope"), None);
+        let full = m.verdict(b"no ok").expect("decided").expect_err("full");
+        assert_eq!(full.end, End::Limit(6));
+        assert_eq!(full.received, 6);
     }
 
     #[test]

@@ -49,18 +49,13 @@ pub enum ProbeError {
     /// The reply did not contain the expected bytes.
     #[error(transparent)]
     Expect(#[from] Unmet),
-    /// The configured HTTP path does not make a valid request.
-    #[error("invalid http check path {path:?}: {source}")]
-    InvalidPath {
-        /// The configured path.
-        path: String,
-        /// Why the request could not be built from it.
-        source: hyper::http::Error,
-    },
+    /// The configured path, method or host do not make a valid request.
+    #[error("invalid http check request: {0}")]
+    InvalidRequest(#[source] hyper::http::Error),
     /// The HTTP exchange failed (connection reset, closed early, malformed response, ...).
     #[error("http request failed: {0}")]
     Http(#[source] hyper::Error),
-    /// The endpoint answered with a status other than 2xx or 3xx.
+    /// The endpoint answered with a status other than those expected (by default 2xx, 3xx).
     #[error("unhealthy status {0}")]
     Status(u16),
 }
@@ -101,7 +96,7 @@ pub async fn probe(
     match check {
         HealthCheck::None => Ok(()),
         HealthCheck::Tcp(check) => tcp::probe(check, target.target, deadline).await,
-        HealthCheck::Http { path } => deadline.run(http::probe(path, target.target)).await,
+        HealthCheck::Http(check) => http::probe(check, target.target, deadline).await,
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::expect::{End, Matcher, Progress};
+use super::expect::{End, Matcher};
 use super::{Deadline, ProbeError};
 use crate::config::TcpCheck;
 
@@ -62,10 +62,8 @@ async fn read_until(
             Ok(Ok(0)) => return Err(matcher.unmet(End::PeerClosed).into()),
             Ok(Ok(n)) => n,
         };
-        match matcher.feed(&buf[..n]) {
-            Progress::Found => return Ok(()),
-            Progress::Full => return Err(matcher.unmet(End::Limit(matcher.limit())).into()),
-            Progress::More => {}
+        if let Some(verdict) = matcher.verdict(&buf[..n]) {
+            return verdict.map_err(ProbeError::from);
         }
     }
 }
