@@ -12,7 +12,7 @@ pub use error::{ConfigError, Problem, ProblemScope};
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A validated configuration.
@@ -304,6 +304,8 @@ pub enum HealthCheck {
     Tcp(TcpCheck),
     /// One HTTP request must get an expected status (and, when set, body).
     Http(HttpCheck),
+    /// A command run for the endpoint must exit 0.
+    Exec(ExecCheck),
     /// No active checks: every endpoint is healthy.
     None,
 }
@@ -324,6 +326,7 @@ impl HealthCheck {
         match self {
             HealthCheck::Tcp(_) => "tcp",
             HealthCheck::Http(_) => "http",
+            HealthCheck::Exec(_) => "exec",
             HealthCheck::None => "none",
         }
     }
@@ -382,6 +385,19 @@ impl HttpCheck {
             None => (200..400).contains(&status),
         }
     }
+}
+
+/// `check = "exec"`: a command run once per probe, without a shell.
+///
+/// It runs with stdin closed, stdout and stderr into one pipe, in its own process group (killed
+/// as a whole at the timeout), with the environment of vipd plus `VIPD_SERVICE`,
+/// `VIPD_ENDPOINT` (`IP:PORT`, IPv6 in brackets), `VIPD_ENDPOINT_IP` and `VIPD_ENDPOINT_PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecCheck {
+    /// `command[0]`: an absolute path (an existing executable file when validated).
+    pub program: PathBuf,
+    /// `command[1..]`, passed as they are.
+    pub args: Vec<String>,
 }
 
 /// `health.method`: HTTP methods a probe may use, none of which changes anything on the endpoint.
@@ -475,6 +491,11 @@ pub fn summary(service: &Service) -> String {
     let check = match &service.health.check {
         HealthCheck::Tcp(_) => format!("tcp every {:?}", service.health.period),
         HealthCheck::Http(http) => format!("http {} every {:?}", http.path, service.health.period),
+        HealthCheck::Exec(exec) => format!(
+            "exec {} every {:?}",
+            exec.program.display(),
+            service.health.period
+        ),
         HealthCheck::None => "none".to_owned(),
     };
     let affinity = match service.session_affinity {

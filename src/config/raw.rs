@@ -311,6 +311,8 @@ pub struct RawHealth {
     pub host: Option<String>,
     /// Request method (http only).
     pub method: Option<RawMethod>,
+    /// Program and arguments (exec only).
+    pub command: Option<Vec<String>>,
     /// Probe port override.
     pub port: Option<u16>,
     /// Probe period.
@@ -333,6 +335,8 @@ pub enum RawCheck {
     Tcp,
     /// `"http"`.
     Http,
+    /// `"exec"`.
+    Exec,
     /// `"none"`.
     None,
 }
@@ -343,6 +347,7 @@ impl RawCheck {
         match self {
             RawCheck::Tcp => "tcp",
             RawCheck::Http => "http",
+            RawCheck::Exec => "exec",
             RawCheck::None => "none",
         }
     }

@@ -8,5 +8,5 @@
 pub mod probe;
 pub mod state;
 
-pub use probe::{ProbeError, ProbeTarget, probe};
+pub use probe::{MAX_EXEC_PROBES, ProbeError, ProbeTarget, probe};
 pub use state::HealthState;

@@ -5,17 +5,22 @@
 //! ignored: a forgotten `check = "http"` must not leave a `path` doing nothing.
 
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use super::Validator;
 use super::hex;
 use super::names::check_host_port;
 use crate::config::raw::{RawCheck, RawHealth, RawMethod};
-use crate::config::{Health, HealthCheck, HttpCheck, HttpMethod, ProblemScope, TcpCheck};
+use crate::config::{
+    ExecCheck, Health, HealthCheck, HttpCheck, HttpMethod, ProblemScope, TcpCheck,
+};
 
 /// The keys only some check kinds take: the key, whether it is set, and the kinds that take it.
-fn kind_keys(raw: &RawHealth) -> [(&'static str, bool, &'static [RawCheck]); 8] {
-    use RawCheck::{Http, Tcp};
+fn kind_keys(raw: &RawHealth) -> [(&'static str, bool, &'static [RawCheck]); 9] {
+    use RawCheck::{Exec, Http, Tcp};
     [
+        ("command", raw.command.is_some(), &[Exec]),
         ("path", raw.path.is_some(), &[Http]),
         ("method", raw.method.is_some(), &[Http]),
         ("host", raw.host.is_some(), &[Http]),
@@ -53,11 +58,24 @@ impl Validator {
         let check = match kind {
             RawCheck::Tcp => HealthCheck::Tcp(self.tcp_check(scope, raw)),
             RawCheck::Http => HealthCheck::Http(self.http_check(scope, raw)),
+            RawCheck::Exec => match self.exec_check(scope, raw) {
+                Some(exec) => HealthCheck::Exec(exec),
+                // Reported, so the file is rejected: the kind only stands in while the other
+                // keys are checked.
+                None => HealthCheck::None,
+            },
             RawCheck::None => HealthCheck::None,
         };
 
         if raw.port == Some(0) {
             self.push(scope, "health.port", "0 is out of range 1-65535");
+        } else if raw.port.is_some() && kind == RawCheck::Exec {
+            self.push(
+                scope,
+                "health.port",
+                "has no effect with check = \"exec\" (the command is given the endpoint's \
+                 address; pass a port in health.command)",
+            );
         }
         let period_zero = raw.period.is_some_and(|d| d.is_zero());
         let timeout_zero = raw.timeout.is_some_and(|d| d.is_zero());
@@ -171,6 +189,40 @@ impl Validator {
         }
     }
 
+    /// `command`: required; `command[0]` an absolute path to an executable regular file,
+    /// checked now so `vipd check` reports a missing or unusable program.
+    fn exec_check(&mut self, scope: &ProblemScope, raw: &RawHealth) -> Option<ExecCheck> {
+        let Some(command) = &raw.command else {
+            self.push(scope, "health.command", "required with check = \"exec\"");
+            return None;
+        };
+        let Some((program, args)) = command.split_first() else {
+            self.push(scope, "health.command", "must not be empty");
+            return None;
+        };
+        let mut ok = true;
+        for (i, arg) in command.iter().enumerate() {
+            if arg.contains('\0') {
+                // An argv entry is a C string: it cannot carry a NUL.
+                self.push(
+                    scope,
+                    format!("health.command[{i}]"),
+                    "must not contain a NUL character",
+                );
+                ok = false;
+            }
+        }
+        let program = PathBuf::from(program);
+        if ok && let Err(e) = check_executable(&program) {
+            self.push(scope, "health.command[0]", e);
+            ok = false;
+        }
+        ok.then(|| ExecCheck {
+            program,
+            args: args.to_vec(),
+        })
+    }
+
     /// `expect_status`: a non-empty list of unique statuses 100-599.
     fn statuses(&mut self, scope: &ProblemScope, statuses: &[u16]) -> Vec<u16> {
         if statuses.is_empty() {
@@ -243,6 +295,30 @@ impl Validator {
     }
 }
 
+/// Whether `program` is an absolute path to a regular file with an execute bit.
+fn check_executable(program: &Path) -> Result<(), String> {
+    if !program.is_absolute() {
+        return Err(format!(
+            "\"{}\" must be an absolute path",
+            program.display()
+        ));
+    }
+    let metadata = match std::fs::metadata(program) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{} does not exist", program.display()));
+        }
+        Err(e) => return Err(format!("{}: {e}", program.display())),
+    };
+    if !metadata.is_file() {
+        return Err(format!("{} is not a regular file", program.display()));
+    }
+    if metadata.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{} is not executable", program.display()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{assert_each_reports, load, ms, service};
@@ -313,6 +389,24 @@ mod tests {
     }
 
     #[test]
+    fn exec_command_converts() {
+        let h = load(&service(
+            "[service.health]\ncheck = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\"]\n",
+        ))
+        .unwrap()
+        .services[0]
+            .health
+            .clone();
+        assert_eq!(
+            h.check,
+            HealthCheck::Exec(ExecCheck {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), "exit 0".into()],
+            })
+        );
+    }
+
+    #[test]
     fn tcp_send_and_expect_convert() {
         let check = |keys: &str| {
             load(&service(&format!("[service.health]\n{keys}\n")))
@@ -349,6 +443,12 @@ mod tests {
     #[test]
     fn each_rule_reports_its_key() {
         let health = |keys: &str| service(&format!("[service.health]\n{keys}\n"));
+        // A file that exists but has no execute bit.
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        let plain = plain.path().display();
+        let not_executable = format!("check = \"exec\"\ncommand = [\"{plain}\"]");
+        let not_executable_message =
+            format!("vipd.toml: service \"web\": health.command[0]: {plain} is not executable");
         let too_long = format!("expect = \"{}\"", "x".repeat(TcpCheck::READ_LIMIT + 1));
         let too_long_body = format!(
             "check = \"http\"\nexpect = \"{}\"",
@@ -463,6 +563,43 @@ mod tests {
             (
                 health("check = \"http\"\nhost = \"db:0\""),
                 "vipd.toml: service \"web\": health.host: \"db:0\": the port must be 1-65535",
+            ),
+            (
+                health("command = [\"/bin/sh\"]"),
+                "vipd.toml: service \"web\": health.command: only allowed with check = \"exec\" (check is \"tcp\")",
+            ),
+            (
+                health("check = \"exec\""),
+                "vipd.toml: service \"web\": health.command: required with check = \"exec\"",
+            ),
+            (
+                health("check = \"exec\"\ncommand = []"),
+                "vipd.toml: service \"web\": health.command: must not be empty",
+            ),
+            (
+                health("check = \"exec\"\ncommand = [\"pg-is-primary\"]"),
+                "vipd.toml: service \"web\": health.command[0]: \"pg-is-primary\" must be an absolute path",
+            ),
+            (
+                health("check = \"exec\"\ncommand = [\"/nonexistent/pg-is-primary\"]"),
+                "vipd.toml: service \"web\": health.command[0]: /nonexistent/pg-is-primary does not exist",
+            ),
+            (
+                health("check = \"exec\"\ncommand = [\"/\"]"),
+                "vipd.toml: service \"web\": health.command[0]: / is not a regular file",
+            ),
+            (health(&not_executable), &not_executable_message),
+            (
+                health("check = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"a\\u0000b\"]"),
+                "vipd.toml: service \"web\": health.command[2]: must not contain a NUL character",
+            ),
+            (
+                health("check = \"exec\"\ncommand = [\"/bin/sh\"]\nport = 8008"),
+                "vipd.toml: service \"web\": health.port: has no effect with check = \"exec\" (the command is given the endpoint's address; pass a port in health.command)",
+            ),
+            (
+                health("check = \"exec\"\ncommand = [\"/bin/sh\"]\nexpect = \"ok\""),
+                "vipd.toml: service \"web\": health.expect: only allowed with check = \"tcp\" or \"http\" (check is \"exec\")",
             ),
             (
                 service("[service.health]\npath = \"/x\"\n"),

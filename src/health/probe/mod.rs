@@ -5,9 +5,11 @@
 //! it, so a probe never holds resources past its own deadline.
 //!
 //! All kinds have one shape: connect → optional send → read until the expectation is met or
-//! the deadline passes. One file per kind ([`tcp`], [`http`]); the reading against an
-//! expectation is the pure [`expect::Matcher`], whatever carries the bytes.
+//! the deadline passes. One file per kind ([`tcp`], [`http`], [`exec`], where a process stands
+//! for the connection); the reading against an expectation is the pure [`expect::Matcher`],
+//! whatever carries the bytes.
 
+mod exec;
 pub mod expect;
 mod http;
 mod tcp;
@@ -23,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::HealthCheck;
 
+pub use exec::MAX_EXEC_PROBES;
 pub use expect::Unmet;
 pub use http::USER_AGENT_VALUE;
 
@@ -55,6 +58,30 @@ pub enum ProbeError {
     /// The HTTP exchange failed (connection reset, closed early, malformed response, ...).
     #[error("http request failed: {0}")]
     Http(#[source] hyper::Error),
+    /// The exec check's command could not be run (spawn failed: missing, not executable, ...).
+    #[error("could not run {program}: {source}")]
+    Exec {
+        /// `command[0]`.
+        program: String,
+        /// Why it could not run.
+        source: io::Error,
+    },
+    /// The exec check's command exited unsuccessfully.
+    #[error("{}{}", exec::describe(*.status), output_suffix(.output))]
+    Exited {
+        /// How it ended: an exit code, or a signal.
+        status: std::process::ExitStatus,
+        /// The first line of what it wrote (stdout and stderr), at most 200 bytes.
+        output: String,
+    },
+    /// The exec check's command ran past the timeout; its process group was killed.
+    #[error("timed out after {timeout:?}; its process group was killed{}", output_suffix(.output))]
+    ExecTimeout {
+        /// The timeout.
+        timeout: Duration,
+        /// The first line of what it had written, at most 200 bytes.
+        output: String,
+    },
     /// The endpoint answered with a status other than those expected (by default 2xx, 3xx).
     #[error("unhealthy status {0}")]
     Status(u16),
@@ -97,6 +124,17 @@ pub async fn probe(
         HealthCheck::None => Ok(()),
         HealthCheck::Tcp(check) => tcp::probe(check, target.target, deadline).await,
         HealthCheck::Http(check) => http::probe(check, target.target, deadline).await,
+        // Its deadline starts once it may start its command.
+        HealthCheck::Exec(check) => exec::probe(check, target, timeout).await,
+    }
+}
+
+/// `: "first line"`, or ` (no output)`.
+fn output_suffix(output: &str) -> String {
+    if output.is_empty() {
+        " (no output)".to_owned()
+    } else {
+        format!(": {output:?}")
     }
 }
 
