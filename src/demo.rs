@@ -74,6 +74,7 @@ pub fn config(ports: Ports) -> Config {
                 check: HealthCheck::http("/healthz"),
                 port: None,
                 period: Duration::from_secs(1),
+                jitter: Health::DEFAULT_JITTER,
                 timeout: Duration::from_millis(500),
                 failure_threshold: NonZeroU32::new(2).expect("non-zero"),
                 success_threshold: NonZeroU32::new(1).expect("non-zero"),

@@ -287,14 +287,24 @@ pub struct Health {
     pub check: HealthCheck,
     /// Probe this port instead of the endpoint's own port.
     pub port: Option<u16>,
-    /// Time between the starts of two probes of one endpoint.
+    /// Time between the starts of two probes of one endpoint (before `jitter`).
     pub period: Duration,
+    /// Each period is stretched or shrunk at random by up to this share of it (0.0-0.5).
+    pub jitter: f64,
     /// Deadline of one probe; shorter than `period`.
     pub timeout: Duration,
     /// Consecutive failures before a healthy endpoint is marked unhealthy.
     pub failure_threshold: NonZeroU32,
     /// Consecutive successes before an unhealthy endpoint is marked healthy.
     pub success_threshold: NonZeroU32,
+}
+
+impl Health {
+    /// `jitter` when not set.
+    pub const DEFAULT_JITTER: f64 = 0.1;
+    /// The largest `jitter`: a probe never starts sooner than half a period after the
+    /// previous one.
+    pub const MAX_JITTER: f64 = 0.5;
 }
 
 /// The kind of active health check.
@@ -452,6 +462,7 @@ impl Default for Health {
             check: HealthCheck::tcp(),
             port: None,
             period: Duration::from_secs(1),
+            jitter: Health::DEFAULT_JITTER,
             timeout: Duration::from_millis(500),
             failure_threshold: NonZeroU32::new(2).expect("non-zero"),
             success_threshold: NonZeroU32::new(1).expect("non-zero"),

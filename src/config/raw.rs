@@ -321,6 +321,8 @@ pub struct RawHealth {
     /// Probe timeout.
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<Duration>,
+    /// Random spread of the period, as a share of it.
+    pub jitter: Option<f64>,
     /// Failures before unhealthy.
     pub failure_threshold: Option<u32>,
     /// Successes before healthy.

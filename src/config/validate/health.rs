@@ -92,6 +92,18 @@ impl Validator {
                 ),
             );
         }
+        let jitter = match raw.jitter {
+            None => base.jitter,
+            Some(j) if (0.0..=Health::MAX_JITTER).contains(&j) => j,
+            Some(j) => {
+                self.push(
+                    scope,
+                    "health.jitter",
+                    format!("{j} is out of range 0.0-{}", Health::MAX_JITTER),
+                );
+                base.jitter
+            }
+        };
         let failure_threshold = self.at_least_one(
             scope,
             "health.failure_threshold",
@@ -109,6 +121,7 @@ impl Validator {
             check,
             port: raw.port.filter(|&p| p != 0),
             period,
+            jitter,
             timeout,
             failure_threshold,
             success_threshold,
@@ -354,6 +367,22 @@ mod tests {
     }
 
     #[test]
+    fn jitter_converts() {
+        let jitter = |keys: &str| {
+            load(&service(&format!("[service.health]\n{keys}\n")))
+                .unwrap()
+                .services[0]
+                .health
+                .jitter
+        };
+        assert_eq!(jitter(""), Health::DEFAULT_JITTER);
+        assert_eq!(jitter("jitter = 0.25"), 0.25);
+        assert_eq!(jitter("jitter = 0.5"), 0.5);
+        // TOML integers are accepted where a float is expected.
+        assert_eq!(jitter("jitter = 0"), 0.0);
+    }
+
+    #[test]
     fn http_keys_convert() {
         let check = |keys: &str| {
             load(&service(&format!(
@@ -563,6 +592,18 @@ mod tests {
             (
                 health("check = \"http\"\nhost = \"db:0\""),
                 "vipd.toml: service \"web\": health.host: \"db:0\": the port must be 1-65535",
+            ),
+            (
+                health("jitter = 0.6"),
+                "vipd.toml: service \"web\": health.jitter: 0.6 is out of range 0.0-0.5",
+            ),
+            (
+                health("jitter = -0.1"),
+                "vipd.toml: service \"web\": health.jitter: -0.1 is out of range 0.0-0.5",
+            ),
+            (
+                health("jitter = nan"),
+                "vipd.toml: service \"web\": health.jitter: NaN is out of range 0.0-0.5",
             ),
             (
                 health("command = [\"/bin/sh\"]"),

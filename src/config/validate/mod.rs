@@ -237,6 +237,7 @@ mod tests {
                 check: HealthCheck::http("/healthz"),
                 port: Some(9100),
                 period: ms(2000),
+                jitter: 0.1,
                 timeout: ms(1000),
                 failure_threshold: nz(4),
                 success_threshold: nz(3),
