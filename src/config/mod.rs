@@ -485,6 +485,35 @@ pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     validate::validate(raw, path)
 }
 
+/// The health part of [`summary`]: the kind, what it sends and expects, and the period, e.g.
+/// `tcp send/expect every 1s` or `http GET /primary expect 200 every 1s`.
+fn check_summary(health: &Health) -> String {
+    let what = match &health.check {
+        HealthCheck::None => return "none".to_owned(),
+        HealthCheck::Tcp(tcp) => match (&tcp.send, &tcp.expect) {
+            (None, None) => "tcp".to_owned(),
+            (Some(_), None) => "tcp send".to_owned(),
+            (None, Some(_)) => "tcp expect".to_owned(),
+            (Some(_), Some(_)) => "tcp send/expect".to_owned(),
+        },
+        HealthCheck::Http(http) => {
+            let statuses = http.expect_status.as_ref().map(|statuses| {
+                let statuses: Vec<String> = statuses.iter().map(u16::to_string).collect();
+                statuses.join("/")
+            });
+            let expect = match (statuses, &http.expect) {
+                (None, None) => String::new(),
+                (Some(statuses), None) => format!(" expect {statuses}"),
+                (None, Some(_)) => " expect body".to_owned(),
+                (Some(statuses), Some(_)) => format!(" expect {statuses} + body"),
+            };
+            format!("http {} {}{expect}", http.method.as_str(), http.path)
+        }
+        HealthCheck::Exec(exec) => format!("exec {}", exec.program.display()),
+    };
+    format!("{what} every {:?}", health.period)
+}
+
 /// One line describing `service`, as printed by `vipd check`.
 pub fn summary(service: &Service) -> String {
     let ports: Vec<String> = service
@@ -499,16 +528,7 @@ pub fn summary(service: &Service) -> String {
             )
         })
         .collect();
-    let check = match &service.health.check {
-        HealthCheck::Tcp(_) => format!("tcp every {:?}", service.health.period),
-        HealthCheck::Http(http) => format!("http {} every {:?}", http.path, service.health.period),
-        HealthCheck::Exec(exec) => format!(
-            "exec {} every {:?}",
-            exec.program.display(),
-            service.health.period
-        ),
-        HealthCheck::None => "none".to_owned(),
-    };
+    let check = check_summary(&service.health);
     let affinity = match service.session_affinity {
         SessionAffinity::None => String::new(),
         SessionAffinity::ClientIp { timeout } => format!(
@@ -543,4 +563,64 @@ pub fn summary(service: &Service) -> String {
         ports.join(" "),
         service.balance.as_str().replace('_', " "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The health part of the summary of a service with `keys` in `[service.health]`.
+    fn health_summary(keys: &str) -> String {
+        let text = format!(
+            "[[service]]\nname = \"web\"\nvip = \"127.0.0.1\"\nports = [{{ port = 80 }}]\n\
+             endpoints = [\"10.0.0.1\"]\n[service.health]\n{keys}\n"
+        );
+        let config = from_str(&text, Path::new("vipd.toml")).expect("valid");
+        let line = summary(&config.services[0]);
+        line.split_once(", health ")
+            .expect("a health part")
+            .1
+            .to_owned()
+    }
+
+    #[test]
+    fn summary_names_the_check() {
+        let cases = [
+            ("", "tcp every 1s"),
+            ("send = \"PING\\r\\n\"", "tcp send every 1s"),
+            ("expect_hex = \"2b\"", "tcp expect every 1s"),
+            (
+                "send = \"PING\\r\\n\"\nexpect = \"+PONG\"",
+                "tcp send/expect every 1s",
+            ),
+            (
+                "check = \"http\"\nperiod = \"2s\"\ntimeout = \"1s\"",
+                "http GET / every 2s",
+            ),
+            (
+                "check = \"http\"\npath = \"/primary\"\nexpect_status = [200]",
+                "http GET /primary expect 200 every 1s",
+            ),
+            (
+                "check = \"http\"\nmethod = \"HEAD\"\nexpect_status = [200, 204]",
+                "http HEAD / expect 200/204 every 1s",
+            ),
+            (
+                "check = \"http\"\nexpect = \"ok\"",
+                "http GET / expect body every 1s",
+            ),
+            (
+                "check = \"http\"\nexpect_status = [200]\nexpect = \"ok\"",
+                "http GET / expect 200 + body every 1s",
+            ),
+            (
+                "check = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\"]\nperiod = \"2s\"",
+                "exec /bin/sh every 2s",
+            ),
+            ("check = \"none\"", "none"),
+        ];
+        for (keys, want) in cases {
+            assert_eq!(health_summary(keys), want, "{keys}");
+        }
+    }
 }
