@@ -337,44 +337,29 @@ mod tests {
     use super::super::test_support::{assert_each_reports, load, ms, service};
     use super::*;
 
+    /// The health settings of a valid service with `keys` in `[service.health]`.
+    fn settings(keys: &str) -> Health {
+        let text = service(&format!("[service.health]\n{keys}\n"));
+        load(&text).unwrap().services.remove(0).health
+    }
+
+    fn check(keys: &str) -> HealthCheck {
+        settings(keys).check
+    }
+
     #[test]
     fn health_variants() {
-        let check = |extra: &str| {
-            load(&service(extra)).unwrap().services[0]
-                .health
-                .check
-                .clone()
-        };
-        assert_eq!(
-            check("[service.health]\ncheck = \"http\"\n"),
-            HealthCheck::http("/")
-        );
-        assert_eq!(
-            check("[service.health]\ncheck = \"none\"\n"),
-            HealthCheck::None
-        );
-        assert_eq!(
-            check("[service.health]\nperiod = \"5s\"\n"),
-            HealthCheck::tcp()
-        );
+        assert_eq!(check("check = \"http\""), HealthCheck::http("/"));
+        assert_eq!(check("check = \"none\""), HealthCheck::None);
+        assert_eq!(check("period = \"5s\""), HealthCheck::tcp());
         // Only a default timeout that is not shorter than the period is an error.
-        let h = load(&service("[service.health]\nperiod = \"600ms\"\n"))
-            .unwrap()
-            .services[0]
-            .health
-            .clone();
+        let h = settings("period = \"600ms\"");
         assert_eq!((h.period, h.timeout), (ms(600), ms(500)));
     }
 
     #[test]
     fn jitter_converts() {
-        let jitter = |keys: &str| {
-            load(&service(&format!("[service.health]\n{keys}\n")))
-                .unwrap()
-                .services[0]
-                .health
-                .jitter
-        };
+        let jitter = |keys: &str| settings(keys).jitter;
         assert_eq!(jitter(""), Health::DEFAULT_JITTER);
         assert_eq!(jitter("jitter = 0.25"), 0.25);
         assert_eq!(jitter("jitter = 0.5"), 0.5);
@@ -384,16 +369,7 @@ mod tests {
 
     #[test]
     fn http_keys_convert() {
-        let check = |keys: &str| {
-            load(&service(&format!(
-                "[service.health]\ncheck = \"http\"\n{keys}\n"
-            )))
-            .unwrap()
-            .services[0]
-                .health
-                .check
-                .clone()
-        };
+        let check = |keys: &str| check(&format!("check = \"http\"\n{keys}"));
         assert_eq!(check(""), HealthCheck::http("/"));
         assert_eq!(
             check(
@@ -419,15 +395,8 @@ mod tests {
 
     #[test]
     fn exec_command_converts() {
-        let h = load(&service(
-            "[service.health]\ncheck = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\"]\n",
-        ))
-        .unwrap()
-        .services[0]
-            .health
-            .clone();
         assert_eq!(
-            h.check,
+            check("check = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\"]"),
             HealthCheck::Exec(ExecCheck {
                 program: "/bin/sh".into(),
                 args: vec!["-c".into(), "exit 0".into()],
@@ -437,14 +406,6 @@ mod tests {
 
     #[test]
     fn tcp_send_and_expect_convert() {
-        let check = |keys: &str| {
-            load(&service(&format!("[service.health]\n{keys}\n")))
-                .unwrap()
-                .services[0]
-                .health
-                .check
-                .clone()
-        };
         let tcp = |send: Option<&[u8]>, expect: Option<&[u8]>| {
             HealthCheck::Tcp(TcpCheck {
                 send: send.map(<[u8]>::to_vec),

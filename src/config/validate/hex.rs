@@ -74,26 +74,16 @@ mod tests {
                 position: 5
             })
         );
-        assert_eq!(
-            decode("0a 0g").unwrap_err().to_string(),
-            "'g' at position 5 is not a hex digit"
-        );
         // Positions count characters, not bytes.
-        assert_eq!(
-            decode("é0").unwrap_err().to_string(),
-            "'é' at position 1 is not a hex digit"
-        );
-        assert_eq!(
-            decode("0x0a").unwrap_err().to_string(),
-            "'x' at position 2 is not a hex digit"
-        );
-        assert_eq!(
-            decode("0a 0 b").unwrap_err().to_string(),
-            "whitespace at position 5 splits a byte"
-        );
-        assert_eq!(
-            decode("0a0").unwrap_err().to_string(),
-            "ends in half a byte (an odd number of hex digits)"
-        );
+        let cases = [
+            ("0a 0g", "'g' at position 5 is not a hex digit"),
+            ("é0", "'é' at position 1 is not a hex digit"),
+            ("0x0a", "'x' at position 2 is not a hex digit"),
+            ("0a 0 b", "whitespace at position 5 splits a byte"),
+            ("0a0", "ends in half a byte (an odd number of hex digits)"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(decode(text).unwrap_err().to_string(), want, "{text}");
+        }
     }
 }

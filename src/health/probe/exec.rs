@@ -320,35 +320,27 @@ mod tests {
     #[tokio::test]
     async fn the_first_line_of_output_is_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
-        let stdout = script(
-            dir.path(),
-            "stdout",
-            "echo 'not primary: following 10.0.0.7'\necho 'second line'\nexit 1",
-        );
-        assert_eq!(
-            message(run(&exec(&stdout, &[]), LONG).await),
-            "exited with status 1: \"not primary: following 10.0.0.7\""
-        );
-        // stderr goes into the same pipe.
-        let stderr = script(
-            dir.path(),
-            "stderr",
-            "echo 'connection refused' >&2\nexit 2",
-        );
-        assert_eq!(
-            message(run(&exec(&stderr, &[]), LONG).await),
-            "exited with status 2: \"connection refused\""
-        );
-        // At most 200 bytes of a long line; invalid UTF-8 is replaced.
-        let long = script(
-            dir.path(),
-            "long",
-            "printf '\\377'\nhead -c 300 /dev/zero | tr '\\000' x\nexit 1",
-        );
-        assert_eq!(
-            message(run(&exec(&long, &[]), LONG).await),
-            format!("exited with status 1: \"\u{fffd}{}\"", "x".repeat(199))
-        );
+        // (script body, the failure message)
+        let cases = [
+            (
+                "echo 'not primary: following 10.0.0.7'\necho 'second line'\nexit 1",
+                "exited with status 1: \"not primary: following 10.0.0.7\"".to_owned(),
+            ),
+            // stderr goes into the same pipe.
+            (
+                "echo 'connection refused' >&2\nexit 2",
+                "exited with status 2: \"connection refused\"".to_owned(),
+            ),
+            // At most 200 bytes of a long line; invalid UTF-8 is replaced.
+            (
+                "printf '\\377'\nhead -c 300 /dev/zero | tr '\\000' x\nexit 1",
+                format!("exited with status 1: \"\u{fffd}{}\"", "x".repeat(199)),
+            ),
+        ];
+        for (i, (body, want)) in cases.into_iter().enumerate() {
+            let path = script(dir.path(), &format!("output{i}"), body);
+            assert_eq!(message(run(&exec(&path, &[]), LONG).await), want, "{body}");
+        }
     }
 
     #[tokio::test]
