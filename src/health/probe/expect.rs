@@ -162,8 +162,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// `bytes` made printable (`\r`, `\n`, `\xNN`, quotes escaped) and cut to about
-/// [`EXCERPT_CHARS`] characters, with `...` when cut.
-pub fn excerpt(bytes: &[u8]) -> String {
+/// `EXCERPT_CHARS` characters, with `...` when cut.
+fn excerpt(bytes: &[u8]) -> String {
     let mut out = String::new();
     for &b in bytes {
         let escaped = std::ascii::escape_default(b).to_string();

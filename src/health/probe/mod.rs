@@ -5,9 +5,9 @@
 //! it, so a probe never holds resources past its own deadline.
 //!
 //! All kinds have one shape: connect → optional send → read until the expectation is met or
-//! the deadline passes. One file per kind ([`tcp`], [`http`], [`exec`], where a process stands
-//! for the connection); the reading against an expectation is the pure [`expect::Matcher`],
-//! whatever carries the bytes.
+//! the deadline passes. One file per kind (`tcp.rs`, `http.rs`, `exec.rs`, where a process
+//! stands for the connection); the reading against an expectation is the pure
+//! [`expect::Matcher`], whatever carries the bytes.
 
 mod exec;
 pub mod expect;
@@ -111,9 +111,10 @@ impl<'a> ProbeTarget<'a> {
 
 /// Runs one probe of `target` (for [`HealthCheck::None`] it succeeds at once).
 ///
-/// The whole probe — connect, send, reply — must finish within `timeout`; otherwise it fails
-/// (with [`ProbeError::Timeout`], or [`ProbeError::Expect`] saying what had arrived) and its
-/// connection is closed.
+/// The whole probe — connect, send, reply; or the command's run — must finish within
+/// `timeout`; otherwise it fails (with [`ProbeError::Timeout`], [`ProbeError::Expect`] saying
+/// what had arrived, or [`ProbeError::ExecTimeout`]) and its connection or process group is
+/// closed. An exec probe's `timeout` starts once it has one of the [`MAX_EXEC_PROBES`] slots.
 pub async fn probe(
     check: &HealthCheck,
     target: ProbeTarget<'_>,
