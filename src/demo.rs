@@ -72,11 +72,10 @@ pub fn config(ports: Ports) -> Config {
             when_all_unhealthy: WhenAllUnhealthy::FailOpen,
             on_marked_down: OnMarkedDown::Keep,
             health: Health {
-                check: HealthCheck::Http {
-                    path: "/healthz".to_owned(),
-                },
+                check: HealthCheck::http("/healthz"),
                 port: None,
                 period: Duration::from_secs(1),
+                jitter: Health::DEFAULT_JITTER,
                 timeout: Duration::from_millis(500),
                 failure_threshold: NonZeroU32::new(2).expect("non-zero"),
                 success_threshold: NonZeroU32::new(1).expect("non-zero"),

@@ -7,7 +7,8 @@
 //!   rebuilds it when endpoints, health, drains, ejections or settings change.
 //! - [`discovery`]: endpoints from DNS (A/AAAA or SRV), re-resolved as TTLs expire and sent
 //!   as whole sets to the service's owner task.
-//! - [`health`]: the health state machine (pure) and the probes (tcp, http) around it.
+//! - [`health`]: the health state machine (pure), the probes (tcp, http, exec) around it, and
+//!   their schedule.
 //! - [`balance`]: pickers that choose an endpoint for a new connection.
 //! - [`proxy`]: the data plane: accept, pick, connect with failover, copy both ways (splice(2)
 //!   for bulk flows on Linux).

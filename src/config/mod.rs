@@ -12,7 +12,7 @@ pub use error::{ConfigError, Problem, ProblemScope};
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A validated configuration.
@@ -306,8 +306,10 @@ pub struct Health {
     pub check: HealthCheck,
     /// Probe this port instead of the endpoint's own port.
     pub port: Option<u16>,
-    /// Time between the starts of two probes of one endpoint.
+    /// Time between the starts of two probes of one endpoint (before `jitter`).
     pub period: Duration,
+    /// Each period is stretched or shrunk at random by up to this share of it (0.0-0.5).
+    pub jitter: f64,
     /// Deadline of one probe; shorter than `period`.
     pub timeout: Duration,
     /// Consecutive failures before a healthy endpoint is marked unhealthy.
@@ -316,18 +318,137 @@ pub struct Health {
     pub success_threshold: NonZeroU32,
 }
 
+impl Health {
+    /// `jitter` when not set.
+    pub const DEFAULT_JITTER: f64 = 0.1;
+    /// The largest `jitter`: a probe never starts sooner than half a period after the
+    /// previous one.
+    pub const MAX_JITTER: f64 = 0.5;
+}
+
 /// The kind of active health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
-    /// A TCP connect must succeed.
-    Tcp,
-    /// `GET path` must answer 2xx or 3xx.
-    Http {
-        /// Request path, starting with `/`.
-        path: String,
-    },
+    /// A TCP connect must succeed (and, when set, a write and an expected reply).
+    Tcp(TcpCheck),
+    /// One HTTP request must get an expected status (and, when set, body).
+    Http(HttpCheck),
+    /// A command run for the endpoint must exit 0.
+    Exec(ExecCheck),
     /// No active checks: every endpoint is healthy.
     None,
+}
+
+impl HealthCheck {
+    /// A plain TCP check: connecting is enough.
+    pub fn tcp() -> Self {
+        HealthCheck::Tcp(TcpCheck::default())
+    }
+
+    /// `GET path`, healthy on any 2xx or 3xx.
+    pub fn http(path: impl Into<String>) -> Self {
+        HealthCheck::Http(HttpCheck::get(path))
+    }
+
+    /// The name used in the config file (`check = "..."`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            HealthCheck::Tcp(_) => "tcp",
+            HealthCheck::Http(_) => "http",
+            HealthCheck::Exec(_) => "exec",
+            HealthCheck::None => "none",
+        }
+    }
+}
+
+/// `check = "tcp"`: connect, optionally send, optionally read until the expected bytes arrive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpCheck {
+    /// Written once connected (`send`, or `send_hex` decoded); `None` = write nothing.
+    pub send: Option<Vec<u8>>,
+    /// Must occur in the first [`TcpCheck::READ_LIMIT`] bytes the endpoint sends back within
+    /// the timeout (`expect`, or `expect_hex` decoded; never empty); `None` = don't read.
+    pub expect: Option<Vec<u8>>,
+}
+
+impl TcpCheck {
+    /// How much of the reply an `expect` is looked for in.
+    pub const READ_LIMIT: usize = 16 * 1024;
+}
+
+/// `check = "http"`: one request on a fresh connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// The request method.
+    pub method: HttpMethod,
+    /// Request path (with query, if any), starting with `/`.
+    pub path: String,
+    /// The `Host` header, `host[:port]`; `None` = the address probed.
+    pub host: Option<String>,
+    /// The statuses that count as healthy (100-599, unique, not empty); `None` = any 2xx or 3xx.
+    pub expect_status: Option<Vec<u16>>,
+    /// Must occur in the first [`HttpCheck::BODY_LIMIT`] bytes of the body (never empty; never
+    /// with `HEAD`); `None` = the body is not read.
+    pub expect: Option<String>,
+}
+
+impl HttpCheck {
+    /// How much of the body an `expect` is looked for in.
+    pub const BODY_LIMIT: usize = 64 * 1024;
+
+    /// `GET path`, healthy on any 2xx or 3xx.
+    pub fn get(path: impl Into<String>) -> Self {
+        HttpCheck {
+            method: HttpMethod::Get,
+            path: path.into(),
+            host: None,
+            expect_status: None,
+            expect: None,
+        }
+    }
+
+    /// Whether an answer with `status` passes (the body aside).
+    pub fn status_ok(&self, status: u16) -> bool {
+        match &self.expect_status {
+            Some(statuses) => statuses.contains(&status),
+            None => (200..400).contains(&status),
+        }
+    }
+}
+
+/// `check = "exec"`: a command run once per probe, without a shell.
+///
+/// It runs with stdin closed, stdout and stderr into one pipe, in its own process group (killed
+/// as a whole at the timeout), with the environment of vipd plus `VIPD_SERVICE`,
+/// `VIPD_ENDPOINT` (`IP:PORT`, IPv6 in brackets), `VIPD_ENDPOINT_IP` and `VIPD_ENDPOINT_PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecCheck {
+    /// `command[0]`: an absolute path (an existing executable file when validated).
+    pub program: PathBuf,
+    /// `command[1..]`, passed as they are.
+    pub args: Vec<String>,
+}
+
+/// `health.method`: HTTP methods a probe may use, none of which changes anything on the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// `GET`.
+    Get,
+    /// `HEAD`: the status alone, the endpoint sends no body.
+    Head,
+    /// `OPTIONS`.
+    Options,
+}
+
+impl HttpMethod {
+    /// The method as sent, and as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Options => "OPTIONS",
+        }
+    }
 }
 
 /// Per-connection settings (`[defaults]`, overridable per service).
@@ -357,9 +478,10 @@ impl Default for ConnectionSettings {
 impl Default for Health {
     fn default() -> Self {
         Health {
-            check: HealthCheck::Tcp,
+            check: HealthCheck::tcp(),
             port: None,
             period: Duration::from_secs(1),
+            jitter: Health::DEFAULT_JITTER,
             timeout: Duration::from_millis(500),
             failure_threshold: NonZeroU32::new(2).expect("non-zero"),
             success_threshold: NonZeroU32::new(1).expect("non-zero"),
@@ -382,6 +504,35 @@ pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     validate::validate(raw, path)
 }
 
+/// The health part of [`summary`]: the kind, what it sends and expects, and the period, e.g.
+/// `tcp send/expect every 1s` or `http GET /primary expect 200 every 1s`.
+fn check_summary(health: &Health) -> String {
+    let what = match &health.check {
+        HealthCheck::None => return "none".to_owned(),
+        HealthCheck::Tcp(tcp) => match (&tcp.send, &tcp.expect) {
+            (None, None) => "tcp".to_owned(),
+            (Some(_), None) => "tcp send".to_owned(),
+            (None, Some(_)) => "tcp expect".to_owned(),
+            (Some(_), Some(_)) => "tcp send/expect".to_owned(),
+        },
+        HealthCheck::Http(http) => {
+            let statuses = http.expect_status.as_ref().map(|statuses| {
+                let statuses: Vec<String> = statuses.iter().map(u16::to_string).collect();
+                statuses.join("/")
+            });
+            let expect = match (statuses, &http.expect) {
+                (None, None) => String::new(),
+                (Some(statuses), None) => format!(" expect {statuses}"),
+                (None, Some(_)) => " expect body".to_owned(),
+                (Some(statuses), Some(_)) => format!(" expect {statuses} + body"),
+            };
+            format!("http {} {}{expect}", http.method.as_str(), http.path)
+        }
+        HealthCheck::Exec(exec) => format!("exec {}", exec.program.display()),
+    };
+    format!("{what} every {:?}", health.period)
+}
+
 /// One line describing `service`, as printed by `vipd check`.
 pub fn summary(service: &Service) -> String {
     let ports: Vec<String> = service
@@ -396,11 +547,7 @@ pub fn summary(service: &Service) -> String {
             )
         })
         .collect();
-    let check = match &service.health.check {
-        HealthCheck::Tcp => format!("tcp every {:?}", service.health.period),
-        HealthCheck::Http { path } => format!("http {path} every {:?}", service.health.period),
-        HealthCheck::None => "none".to_owned(),
-    };
+    let check = check_summary(&service.health);
     let affinity = match service.session_affinity {
         SessionAffinity::None => String::new(),
         SessionAffinity::ClientIp { timeout } => format!(
@@ -435,4 +582,64 @@ pub fn summary(service: &Service) -> String {
         ports.join(" "),
         service.balance.as_str().replace('_', " "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The health part of the summary of a service with `keys` in `[service.health]`.
+    fn health_summary(keys: &str) -> String {
+        let text = format!(
+            "[[service]]\nname = \"web\"\nvip = \"127.0.0.1\"\nports = [{{ port = 80 }}]\n\
+             endpoints = [\"10.0.0.1\"]\n[service.health]\n{keys}\n"
+        );
+        let config = from_str(&text, Path::new("vipd.toml")).expect("valid");
+        let line = summary(&config.services[0]);
+        line.split_once(", health ")
+            .expect("a health part")
+            .1
+            .to_owned()
+    }
+
+    #[test]
+    fn summary_names_the_check() {
+        let cases = [
+            ("", "tcp every 1s"),
+            ("send = \"PING\\r\\n\"", "tcp send every 1s"),
+            ("expect_hex = \"2b\"", "tcp expect every 1s"),
+            (
+                "send = \"PING\\r\\n\"\nexpect = \"+PONG\"",
+                "tcp send/expect every 1s",
+            ),
+            (
+                "check = \"http\"\nperiod = \"2s\"\ntimeout = \"1s\"",
+                "http GET / every 2s",
+            ),
+            (
+                "check = \"http\"\npath = \"/primary\"\nexpect_status = [200]",
+                "http GET /primary expect 200 every 1s",
+            ),
+            (
+                "check = \"http\"\nmethod = \"HEAD\"\nexpect_status = [200, 204]",
+                "http HEAD / expect 200/204 every 1s",
+            ),
+            (
+                "check = \"http\"\nexpect = \"ok\"",
+                "http GET / expect body every 1s",
+            ),
+            (
+                "check = \"http\"\nexpect_status = [200]\nexpect = \"ok\"",
+                "http GET / expect 200 + body every 1s",
+            ),
+            (
+                "check = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\"]\nperiod = \"2s\"",
+                "exec /bin/sh every 2s",
+            ),
+            ("check = \"none\"", "none"),
+        ];
+        for (keys, want) in cases {
+            assert_eq!(health_summary(keys), want, "{keys}");
+        }
+    }
 }

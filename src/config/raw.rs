@@ -319,6 +319,22 @@ pub struct RawHealth {
     pub check: Option<RawCheck>,
     /// HTTP request path (http only).
     pub path: Option<String>,
+    /// Bytes written after connect, as text (tcp only).
+    pub send: Option<String>,
+    /// Bytes written after connect, as hex digits (tcp only).
+    pub send_hex: Option<String>,
+    /// Text the reply must contain (tcp; http: the body).
+    pub expect: Option<String>,
+    /// Bytes the reply must contain, as hex digits (tcp only).
+    pub expect_hex: Option<String>,
+    /// Statuses that count as healthy (http only).
+    pub expect_status: Option<Vec<u16>>,
+    /// `Host` header (http only).
+    pub host: Option<String>,
+    /// Request method (http only).
+    pub method: Option<RawMethod>,
+    /// Program and arguments (exec only).
+    pub command: Option<Vec<String>>,
     /// Probe port override.
     pub port: Option<u16>,
     /// Probe period.
@@ -327,6 +343,8 @@ pub struct RawHealth {
     /// Probe timeout.
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<Duration>,
+    /// Random spread of the period, as a share of it.
+    pub jitter: Option<f64>,
     /// Failures before unhealthy.
     pub failure_threshold: Option<u32>,
     /// Successes before healthy.
@@ -341,8 +359,34 @@ pub enum RawCheck {
     Tcp,
     /// `"http"`.
     Http,
+    /// `"exec"`.
+    Exec,
     /// `"none"`.
     None,
+}
+
+impl RawCheck {
+    /// The spelling in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            RawCheck::Tcp => "tcp",
+            RawCheck::Http => "http",
+            RawCheck::Exec => "exec",
+            RawCheck::None => "none",
+        }
+    }
+}
+
+/// `health.method`, spelled as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RawMethod {
+    /// `"GET"`.
+    Get,
+    /// `"HEAD"`.
+    Head,
+    /// `"OPTIONS"`.
+    Options,
 }
 
 /// Deserializes an optional humantime duration (`"500ms"`, `"1h 30m"`).

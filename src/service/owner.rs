@@ -26,7 +26,7 @@ use super::snapshot::Placement;
 use super::{Change, Command, Endpoint, Inbox, PortPool, ServiceEvent, ServiceState, Snapshot};
 use crate::balance::{MaglevTables, PickerState, affinity_timeout};
 use crate::config::{self, EndpointSpec, Health, HealthCheck};
-use crate::health::{HealthState, ProbeError, probe};
+use crate::health::{HealthState, ProbeError, ProbeTarget, probe, schedule};
 
 /// One probe result: which endpoint and how it went.
 type ProbeReport = (SocketAddr, Result<(), ProbeError>);
@@ -280,6 +280,7 @@ impl Owner {
         let addr = endpoint.addr();
         let target = probe_target(addr, &self.config.health);
         Some(self.probes.spawn(probe_loop(
+            self.service.name().to_owned(),
             addr,
             target,
             self.config.health.clone(),
@@ -750,21 +751,116 @@ fn probe_target(endpoint: SocketAddr, health: &Health) -> SocketAddr {
     SocketAddr::new(endpoint.ip(), health.port.unwrap_or(endpoint.port()))
 }
 
-/// Probes one endpoint every period (the first at once) and reports each result.
+/// Probes one endpoint about every period (the first at once; see
+/// [`schedule::next_delay`]) and reports each result.
 async fn probe_loop(
+    service: String,
     addr: SocketAddr,
     target: SocketAddr,
     health: Health,
     reports: mpsc::Sender<ProbeReport>,
 ) {
-    let mut ticker = interval(health.period);
-    // A slow probe delays the next one instead of firing a burst to catch up.
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next = Instant::now();
     loop {
-        ticker.tick().await;
+        // Counted from the previous start: a probe slower than the delay delays the next one
+        // (which then starts at once) instead of firing a burst to catch up.
+        sleep_until(next).await;
+        let started = Instant::now();
+        next = started + schedule::next_delay(health.period, health.jitter, fastrand::f64());
+        let target = ProbeTarget {
+            service: &service,
+            endpoint: addr,
+            target,
+        };
         let result = probe(&health.check, target, health.timeout).await;
         if reports.send((addr, result)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::TcpCheck;
+
+    /// Starts `probe_loop` and returns when each of its first `n` reports arrived, relative to
+    /// its start. Runs under paused time, so instants are exact.
+    async fn report_times(health: Health, target: SocketAddr, n: usize) -> Vec<Duration> {
+        let (tx, mut rx) = mpsc::channel(1);
+        let start = Instant::now();
+        let task = tokio::spawn(probe_loop("web".to_owned(), target, target, health, tx));
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let _report = rx.recv().await.expect("a report");
+            times.push(start.elapsed());
+        }
+        task.abort();
+        times
+    }
+
+    fn gaps(times: &[Duration]) -> Vec<Duration> {
+        times.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    fn health(check: HealthCheck, jitter: f64) -> Health {
+        Health {
+            check,
+            period: Duration::from_secs(1),
+            jitter,
+            ..Health::default()
+        }
+    }
+
+    const ANYWHERE: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_start_at_once_then_a_jittered_period_apart() {
+        // `none` probes take no time, so report times are start times.
+        let times = report_times(health(HealthCheck::None, 0.5), ANYWHERE, 50).await;
+        assert_eq!(times[0], Duration::ZERO);
+        let gaps = gaps(&times);
+        for gap in &gaps {
+            assert!(
+                (Duration::from_millis(500)..=Duration::from_millis(1500)).contains(gap),
+                "{gap:?}"
+            );
+        }
+        // Jittered: 49 draws from a continuous range are not all the same.
+        assert!(gaps.iter().any(|g| *g != gaps[0]), "{gaps:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_jitter_probes_are_exactly_a_period_apart() {
+        let times = report_times(health(HealthCheck::None, 0.0), ANYWHERE, 5).await;
+        let second = Duration::from_secs(1);
+        assert_eq!(times[0], Duration::ZERO);
+        assert_eq!(gaps(&times), [second; 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_probe_delays_the_next_one_instead_of_bursting() {
+        // Connects go into the backlog and no answer ever comes, so every probe takes its whole
+        // timeout, longer than the period.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = listener.local_addr().expect("addr");
+        let check = HealthCheck::Tcp(TcpCheck {
+            send: None,
+            expect: Some(b"never".to_vec()),
+        });
+        let slow = Health {
+            timeout: Duration::from_millis(1500),
+            ..health(check, 0.0)
+        };
+        let times = report_times(slow, target, 4).await;
+        // Each probe starts as soon as the previous one ended: no catching up afterwards.
+        let probe = Duration::from_millis(1500);
+        assert_eq!(times[0], probe);
+        assert_eq!(gaps(&times), [probe; 3]);
     }
 }

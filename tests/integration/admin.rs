@@ -226,9 +226,7 @@ async fn admin_endpoints_answer() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut svc = with_health(
         service("admin-ready", &[silent.local_addr().unwrap()]),
-        HealthCheck::Http {
-            path: "/".to_owned(),
-        },
+        HealthCheck::http("/"),
         Duration::from_secs(4),
     );
     svc.health.timeout = Duration::from_secs(2);
@@ -249,9 +247,7 @@ async fn health_check_results_are_counted() {
     let backend = HttpBackend::start(200).await;
     let svc = with_health(
         service("checks-counted", &[backend.addr]),
-        HealthCheck::Http {
-            path: "/healthz".to_owned(),
-        },
+        HealthCheck::http("/healthz"),
         Duration::from_millis(50),
     );
     let vipd = Running::start(vec![svc], true).await;

@@ -227,7 +227,7 @@ async fn client_ip_affinity_sticks_moves_when_its_endpoint_goes_and_expires() {
     let mut backends = named_backends(3, Behaviour::Name).await;
     let mut svc = with_health(
         placed("sticky", &backends, Balance::RoundRobin),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         PERIOD,
     );
     svc.session_affinity = SessionAffinity::ClientIp {
@@ -277,7 +277,7 @@ async fn backup_tier_serves_only_while_no_primary_is_in_rotation() {
     let mut backends = named_backends(3, Behaviour::Name).await;
     let mut svc = with_health(
         placed("tiers", &backends, Balance::RoundRobin),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         PERIOD,
     );
     svc.endpoints[2].backup = true;
@@ -310,7 +310,11 @@ async fn fail_closed_refuses_when_no_endpoint_is_in_rotation() {
     let backend = Backend::start("only", Behaviour::Name).await;
     // Probes go to a port nobody listens on: the endpoint is marked down while it still
     // serves, so failing open would reach it.
-    let mut svc = with_health(service("closed", &[backend.addr]), HealthCheck::Tcp, PERIOD);
+    let mut svc = with_health(
+        service("closed", &[backend.addr]),
+        HealthCheck::tcp(),
+        PERIOD,
+    );
     svc.health.port = Some(crate::support::free_port());
     svc.when_all_unhealthy = WhenAllUnhealthy::FailClosed;
     let vipd = Running::start(vec![svc], false).await;

@@ -473,7 +473,7 @@ async fn replica_names_answer_while_the_replica_is_in_rotation() {
         support::Backend::start_on("127.0.0.3:0".parse().unwrap(), "db-1", Behaviour::Echo).await;
     let mut db = support::harness::with_health(
         support::service("db", &[db0.addr, db1.addr]),
-        vipd::config::HealthCheck::Tcp,
+        vipd::config::HealthCheck::tcp(),
         Duration::from_millis(100),
     );
     db.endpoints[0].name = Some("db-0".to_owned());

@@ -1,10 +1,12 @@
-//! Active health checks against real backends: flips after thresholds, traffic follows.
+//! Active health checks against real backends: flips after thresholds, traffic follows; tcp
+//! expectations and exec commands pick the one endpoint that should take traffic.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use vipd::config::HealthCheck;
-use vipd::service::Change;
+use vipd::config::{ExecCheck, HealthCheck, TcpCheck};
+use vipd::service::{Change, ServiceState};
 
 use crate::support::backend::{Behaviour, HttpBackend};
 use crate::support::harness::with_health;
@@ -19,7 +21,7 @@ async fn tcp_check_marks_down_and_up_and_traffic_follows() {
     let steady = Backend::start("steady", Behaviour::Name).await;
     let svc = with_health(
         service("tcp-health", &[flaky.addr, steady.addr]),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         PERIOD,
     );
     let vipd = Running::start(vec![svc], false).await;
@@ -55,9 +57,7 @@ async fn http_check_follows_status_codes_with_thresholds() {
     let backend = HttpBackend::start(200).await;
     let mut svc = with_health(
         service("http-health", &[backend.addr]),
-        HealthCheck::Http {
-            path: "/healthz".to_owned(),
-        },
+        HealthCheck::http("/healthz"),
         PERIOD,
     );
     svc.health.failure_threshold = NonZeroU32::new(2).unwrap();
@@ -101,7 +101,7 @@ async fn echo_with_probe_port(
 ) -> (Backend, tokio::net::TcpListener, Running) {
     let backend = Backend::start("echo", Behaviour::Echo).await;
     let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut svc = with_health(service(name, &[backend.addr]), HealthCheck::Tcp, PERIOD);
+    let mut svc = with_health(service(name, &[backend.addr]), HealthCheck::tcp(), PERIOD);
     svc.health.port = Some(probes.local_addr().unwrap().port());
     svc.on_marked_down = on_marked_down;
     let vipd = Running::start(vec![svc], false).await;
@@ -143,7 +143,7 @@ async fn an_endpoint_with_check_false_is_never_probed() {
     let mut exempt = Backend::start("exempt", Behaviour::Name).await;
     let mut svc = with_health(
         service("exempt", &[probed.addr, exempt.addr]),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         PERIOD,
     );
     svc.endpoints[1].check = false;
@@ -178,4 +178,100 @@ async fn an_endpoint_with_check_false_is_never_probed() {
         "the exempt endpoint was probed"
     );
     assert!(exempt_endpoint.is_healthy());
+}
+
+/// Waits until exactly `want` are in rotation, whether that is so already or comes later.
+async fn until_in_rotation(service: &ServiceState, want: &[SocketAddr]) {
+    // Subscribed before looking, so no change can slip between the look and the wait.
+    let mut events = service.subscribe();
+    within(&format!("{want:?} in rotation"), async {
+        loop {
+            let now: Vec<SocketAddr> = service
+                .endpoints()
+                .iter()
+                .filter(|e| e.in_rotation())
+                .map(|e| e.addr())
+                .collect();
+            if now == want {
+                return;
+            }
+            events.recv().await.expect("service events");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_expect_keeps_only_the_endpoint_that_answers_it() {
+    // Each writes its name on connect, as a replica answers `role:`.
+    let master = Backend::start("role:master", Behaviour::Name).await;
+    let slave = Backend::start("role:slave", Behaviour::Name).await;
+    let check = HealthCheck::Tcp(TcpCheck {
+        send: None,
+        expect: Some(b"role:master".to_vec()),
+    });
+    let svc = with_health(
+        service("tcp-expect", &[master.addr, slave.addr]),
+        check,
+        PERIOD,
+    );
+    let vipd = Running::start(vec![svc], false).await;
+    vipd.ready().await;
+    until_in_rotation(&vipd.service("tcp-expect"), &[master.addr]).await;
+    for _ in 0..4 {
+        assert_eq!(name_through(vipd.addr("tcp-expect")).await, "role:master");
+    }
+}
+
+/// Writes `text` to `path` from a child process, so this process never holds a writable
+/// descriptor of a file it may execute (another thread forking meanwhile would make the exec
+/// fail with ETXTBSY).
+fn write_from_child(path: &std::path::Path, text: &str) {
+    let status = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+            "sh",
+            text,
+        ])
+        .arg(path)
+        .status()
+        .expect("sh");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn exec_check_follows_the_command_for_each_endpoint() {
+    let a = Backend::start("a", Behaviour::Name).await;
+    let b = Backend::start("b", Behaviour::Name).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The command passes for the endpoint named in the file: `VIPD_SERVICE` and
+    // `VIPD_ENDPOINT` tell it which endpoint of which service it is probing.
+    let primary = dir.path().join("primary");
+    write_from_child(&primary, &a.addr.to_string());
+    let script = dir.path().join("is-primary");
+    write_from_child(
+        &script,
+        "#!/bin/sh\n[ \"$VIPD_SERVICE/$VIPD_ENDPOINT\" = \"exec-health/$(cat \"$1\")\" ]\n",
+    );
+    let check = HealthCheck::Exec(ExecCheck {
+        program: script,
+        args: vec![primary.display().to_string()],
+    });
+    // Commands take longer than connects: a roomier period and timeout.
+    let svc = with_health(
+        service("exec-health", &[a.addr, b.addr]),
+        check,
+        Duration::from_millis(200),
+    );
+    let vipd = Running::start(vec![svc], false).await;
+    vipd.ready().await;
+    let service = vipd.service("exec-health");
+    until_in_rotation(&service, &[a.addr]).await;
+    assert_eq!(name_through(vipd.addr("exec-health")).await, "a");
+
+    // The primary moves.
+    write_from_child(&primary, &b.addr.to_string());
+    until_in_rotation(&service, &[b.addr]).await;
+    assert_eq!(name_through(vipd.addr("exec-health")).await, "b");
 }

@@ -76,7 +76,7 @@ async fn vipd_after_traffic(prefix: &str, connections: usize) -> (Running, Backe
     };
     let live = with_health(
         service(&format!("{prefix}-live"), &[echo.addr]),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         Duration::from_millis(200),
     );
     let vipd = Running::start(

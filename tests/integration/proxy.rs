@@ -44,7 +44,7 @@ async fn dead_endpoint_costs_no_client_connection() {
     // Health checks run, but with a period far longer than the test: only failover can help.
     let svc = with_health(
         service("failover", &addrs),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         Duration::from_secs(3600),
     );
     let vipd = Running::start(vec![svc], false).await;
@@ -90,7 +90,7 @@ async fn no_healthy_endpoint_fails_open() {
     };
     let mut svc = with_health(
         service("fail-open", &[backend.addr]),
-        HealthCheck::Tcp,
+        HealthCheck::tcp(),
         Duration::from_millis(100),
     );
     svc.health.port = Some(closed_port);

@@ -18,7 +18,8 @@
 //!   endpoint address syntax.
 //! - [`placement`]: `balance`, `session_affinity`, `affinity_timeout`, `slow_start`,
 //!   `when_all_unhealthy`.
-//! - [`health`]: the `[service.health]` table: check kind, probe timing and thresholds.
+//! - [`health`]: the `[service.health]` table: check kind and its keys, probe timing and
+//!   thresholds; [`hex`]: the `*_hex` byte strings.
 //! - [`discovery`]: `[service.discovery]` and the nameserver address syntax.
 //! - [`listen`]: the addresses services and servers bind, when two of them collide, and when an
 //!   endpoint is a service's own listener.
@@ -31,6 +32,7 @@ mod endpoints;
 mod fixtures_tests;
 mod global;
 mod health;
+mod hex;
 mod listen;
 mod names;
 mod placement;
@@ -232,11 +234,10 @@ mod tests {
         assert_eq!(
             web.health,
             Health {
-                check: HealthCheck::Http {
-                    path: "/healthz".into()
-                },
+                check: HealthCheck::http("/healthz"),
                 port: Some(9100),
                 period: ms(2000),
+                jitter: 0.1,
                 timeout: ms(1000),
                 failure_threshold: nz(4),
                 success_threshold: nz(3),

@@ -1,5 +1,7 @@
 //! The syntax of names: DNS labels (service and port names), DNS names to resolve, the DNS
-//! zone served, and Linux interface names.
+//! zone served, Linux interface names, and HTTP `Host` values.
+
+use std::net::Ipv6Addr;
 
 /// Checks a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
 pub(super) fn check_dns_label(name: &str) -> Result<(), String> {
@@ -116,6 +118,44 @@ pub(super) fn check_interface_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+/// Checks an HTTP `Host` value: a DNS name, an IPv4 address or a bracketed IPv6 address,
+/// optionally followed by `:PORT` (1-65535).
+pub(super) fn check_host_port(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // The value goes verbatim into a request header.
+        return Err(format!(
+            "{text:?} must not contain spaces or control characters"
+        ));
+    }
+    let not_host = || format!("\"{text}\" is not a host or host:port");
+    let port = if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(not_host)?;
+        ip.parse::<Ipv6Addr>().map_err(|_| not_host())?;
+        match after {
+            "" => None,
+            after => Some(after.strip_prefix(':').ok_or_else(not_host)?),
+        }
+    } else {
+        // More than one colon: a bare IPv6 address, which needs brackets.
+        if text.matches(':').count() > 1 {
+            return Err(not_host());
+        }
+        let (host, port) = match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        };
+        check_dns_name(host).map_err(|_| not_host())?;
+        port
+    };
+    match port.map(str::parse::<u16>) {
+        None | Some(Ok(1..)) => Ok(()),
+        Some(_) => Err(format!("\"{text}\": the port must be 1-65535")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +214,54 @@ mod tests {
         }
         for bad in ["", ".", "..", "a b", "a/b", "eth0:1", &"x".repeat(16)] {
             assert!(check_interface_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        for ok in [
+            "db.example.com",
+            "db.example.com:8008",
+            "10.0.0.1",
+            "10.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:8008",
+            "localhost.",
+        ] {
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
+        }
+        let err = |text: &str| check_host_port(text).unwrap_err();
+        assert_eq!(err(""), "must not be empty");
+        assert_eq!(
+            err("a b"),
+            "\"a b\" must not contain spaces or control characters"
+        );
+        assert_eq!(
+            err("x\r\nEvil: 1"),
+            "\"x\\r\\nEvil: 1\" must not contain spaces or control characters"
+        );
+        for bad in [
+            "::1",
+            "[::1",
+            "[::1]8008",
+            "[10.0.0.1]",
+            "a..b",
+            "a/b",
+            ":80",
+            "h:80:1",
+        ] {
+            assert_eq!(
+                err(bad),
+                format!("\"{bad}\" is not a host or host:port"),
+                "{bad}"
+            );
+        }
+        for bad in ["h:0", "h:65536", "h:", "h:x", "[::1]:"] {
+            assert_eq!(
+                err(bad),
+                format!("\"{bad}\": the port must be 1-65535"),
+                "{bad}"
+            );
         }
     }
 }

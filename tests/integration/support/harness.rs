@@ -54,6 +54,8 @@ pub fn with_health(mut service: Service, check: HealthCheck, period: Duration) -
         check,
         port: None,
         period,
+        // Tests count probes in periods: keep them exact.
+        jitter: 0.0,
         timeout: period / 2,
         failure_threshold: NonZeroU32::new(2).unwrap(),
         success_threshold: NonZeroU32::new(1).unwrap(),
