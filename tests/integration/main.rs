@@ -9,6 +9,7 @@ mod cli;
 mod deploy;
 mod discovery;
 mod dns;
+mod failover;
 mod health;
 mod prometheus;
 mod proxy;
