@@ -369,7 +369,11 @@ fn dockerfile_ships_a_checked_config_and_runs_as_non_root() {
         has(r#"RUN ["vipd", "check", "--config", "/etc/vipd/vipd.toml"]"#),
         "{instructions:#?}"
     );
-    assert!(has(r#"ENTRYPOINT ["vipd"]"#), "{instructions:#?}");
+    // tini as PID 1 reaps the orphans of exec health checks and passes signals on.
+    assert!(
+        has(r#"ENTRYPOINT ["tini", "--", "vipd"]"#),
+        "{instructions:#?}"
+    );
     assert!(
         has(r#"CMD ["run", "--config", "/etc/vipd/vipd.toml"]"#),
         "{instructions:#?}"
