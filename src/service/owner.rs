@@ -1,8 +1,10 @@
 //! The owner task of one service: the only writer of its snapshot.
 //!
 //! It follows the endpoint set (static list or discovery; whole sets, not deltas), probes every
-//! endpoint every `health.period` and feeds the results through each endpoint's
-//! [`HealthState`], applies operator drains, outlier ejections and reconfigurations, and after
+//! endpoint (unless it has `check = false`) every `health.period` ± `health.jitter` and feeds
+//! the results through each endpoint's [`HealthState`], closes a marked-down endpoint's
+//! connections with `on_marked_down = "close"`, applies operator drains, outlier ejections,
+//! slow-start ramps and reconfigurations, and after
 //! every change publishes one new snapshot, so the data plane always sees settings, endpoints,
 //! health and picker that belong together.
 //!
