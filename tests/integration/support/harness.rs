@@ -45,6 +45,7 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> Service {
         outlier: None,
         manage_vip: false,
         vip_interface: "lo".to_owned(),
+        max_udp_flows: Service::DEFAULT_MAX_UDP_FLOWS,
     }
 }
 
