@@ -15,4 +15,5 @@ mod proxy;
 mod reload;
 mod shutdown;
 mod stateful;
+mod udp;
 mod vip;
