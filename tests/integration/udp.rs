@@ -62,6 +62,18 @@ fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     sample(&vipd::metrics::render(), name, labels)
 }
 
+/// Waits until `service` has counted a datagram dropped for `reason` (counters send no event).
+async fn dropped(service: &str, reason: &str) {
+    let labels = [("service", service), ("reason", reason)];
+    poll_until(&format!("a {reason} drop to be counted"), || async {
+        match metric("vipd_udp_flows_dropped_total", &labels) {
+            Some(n) if n >= 1.0 => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    })
+    .await;
+}
+
 fn endpoint(service: &ServiceState, addr: SocketAddr) -> Arc<vipd::service::Endpoint> {
     service
         .endpoint(addr)
@@ -278,14 +290,7 @@ async fn a_new_flow_beyond_max_udp_flows_gets_no_answer_and_is_counted() {
 
     let mut third = Client::new().await;
     third.send_query(vip).await;
-    let labels = [("service", "udp-limit"), ("reason", "limit")];
-    poll_until("the limit drop to be counted", || async {
-        match metric("vipd_udp_flows_dropped_total", &labels) {
-            Some(n) if n >= 1.0 => Ok(()),
-            seen => Err(format!("{seen:?}")),
-        }
-    })
-    .await;
+    dropped("udp-limit", "limit").await;
     // Dropped, not queued: nothing comes back.
     assert!(!third.has_pending());
     assert_eq!(vipd.service("udp-limit").udp_flows(), 2);
@@ -503,14 +508,7 @@ async fn fail_closed_drops_datagrams_while_no_endpoint_is_in_rotation() {
     state.set_draining(servers[0].addr, true).await.unwrap();
 
     client.send_query(vip).await;
-    let labels = [("service", "udp-closed"), ("reason", "no_endpoint")];
-    poll_until("the drop to be counted", || async {
-        match metric("vipd_udp_flows_dropped_total", &labels) {
-            Some(n) if n >= 1.0 => Ok(()),
-            seen => Err(format!("{seen:?}")),
-        }
-    })
-    .await;
+    dropped("udp-closed", "no_endpoint").await;
     assert!(!client.has_pending(), "a dropped datagram is not forwarded");
     state.set_draining(servers[0].addr, false).await.unwrap();
     assert_eq!(client.ask(vip).await.name, "a");
