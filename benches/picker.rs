@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vipd::balance::{AffinityTable, MaglevTable, MaglevTables, PickerState};
-use vipd::config::{Balance, SessionAffinity, WhenAllUnhealthy};
+use vipd::config::{Balance, Protocol, SessionAffinity, WhenAllUnhealthy};
 use vipd::service::{Placement, PortPool};
 
 mod support;
@@ -37,7 +37,7 @@ fn pool(balance: Balance, affinity: SessionAffinity, size: usize) -> PortPool {
         e.set_placement(1 + (i % 3) as u32, false);
     }
     PortPool::new(
-        80,
+        (Protocol::Tcp, 80),
         &endpoints,
         Placement {
             balance,

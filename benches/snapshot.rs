@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vipd::balance::{MaglevTables, PickerState};
-use vipd::config::{Balance, SessionAffinity, WhenAllUnhealthy};
+use vipd::config::{Balance, Protocol, SessionAffinity, WhenAllUnhealthy};
 use vipd::service::{Placement, PortPool};
 
 mod support;
@@ -34,7 +34,7 @@ fn rebuild(c: &mut Criterion) {
                         // A fresh cache: the build is measured, not the reuse.
                         let mut tables = MaglevTables::default();
                         black_box(PortPool::new(
-                            80,
+                            (Protocol::Tcp, 80),
                             &all,
                             placement,
                             Arc::clone(&picker),

@@ -449,6 +449,7 @@ mod tests {
                             backup: false,
                             active_connections: 2,
                             connections_total: 7,
+                            active_flows: 0,
                         }],
                     }],
                 },

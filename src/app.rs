@@ -21,11 +21,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::diff::{self, Changes};
+use crate::config::diff::{self, Changes, Listen};
 use crate::config::{self, Config, Secret};
 use crate::dns::{self, ServiceRecords};
+use crate::proxy::group::SocketGroup;
+use crate::proxy::listener;
 use crate::proxy::workers::{self, Workers};
-use crate::proxy::{listener, tcp};
 use crate::service::{ControlError, Inbox, ServiceState, owner};
 use crate::status::{AdminSource, BoxFuture, Status};
 use crate::vip::{DesiredVip, VipManager};
@@ -190,12 +191,8 @@ impl AdminSource for AppState {
 struct PendingService {
     state: Arc<ServiceState>,
     inbox: Inbox,
-    listeners: Vec<(SocketAddr, ListenerGroup)>,
+    listeners: Vec<(Listen, SocketGroup)>,
 }
-
-/// The listening sockets of one service address, one per data-plane worker. Kept as std
-/// sockets until served: each is registered with the runtime of the worker that accepts on it.
-type ListenerGroup = Vec<std::net::TcpListener>;
 
 /// The bound DNS server and the channel its records are published on.
 #[derive(Debug)]
@@ -249,7 +246,7 @@ impl App {
         for service_config in &config.services {
             let listeners = bind_service(service_config, workers.count())?;
             let (state, inbox) = ServiceState::new(service_config.clone(), &root);
-            state.set_bound(listeners.iter().map(|(_, l)| group_addr(l)).collect());
+            state.set_bound(listeners.iter().map(|(_, g)| g.local_addr()).collect());
             services.push(PendingService {
                 state,
                 inbox,
@@ -455,12 +452,12 @@ impl App {
     }
 }
 
-/// One open listener of a running service.
+/// One open socket group (TCP listeners or UDP sockets) of a running service.
 #[derive(Debug)]
 struct OpenListener {
     bound: SocketAddr,
     stop: CancellationToken,
-    /// One accept loop per socket of the group.
+    /// One accept or serve loop per socket of the group.
     done: Vec<JoinHandle<()>>,
 }
 
@@ -470,8 +467,9 @@ struct Running {
     config: Config,
     config_path: Option<PathBuf>,
     root: CancellationToken,
-    /// Keyed by service name and configured listen address.
-    listeners: HashMap<(String, SocketAddr), OpenListener>,
+    /// Keyed by service name and configured listen address (with its protocol).
+    listeners: HashMap<(String, Listen), OpenListener>,
+    /// TCP accept loops and UDP serve loops.
     accept_loops: TaskTracker,
     connections: TaskTracker,
     /// The threads accept loops and connections run on.
@@ -500,46 +498,40 @@ impl Running {
         }
     }
 
-    /// Serves a bound group: socket `i` is accepted on by worker `i`, whose runtime then runs
-    /// the connections it accepts.
+    /// Serves a bound group: socket `i` is served by worker `i`, whose runtime then runs the
+    /// connections (TCP) or flows (UDP) that socket receives.
     fn open_listener(
         &mut self,
         service: &Arc<ServiceState>,
-        configured: SocketAddr,
-        group: ListenerGroup,
+        configured: Listen,
+        group: SocketGroup,
     ) {
-        let bound = group_addr(&group);
-        tracing::info!(service = service.name(), addr = %bound, sockets = group.len(), "listening");
+        let bound = group.local_addr();
+        let protocol = configured.protocol.as_str();
+        tracing::info!(service = service.name(), addr = %bound, protocol, sockets = group.len(), "listening");
         let stop = service.retired().child_token();
-        let done = group
-            .into_iter()
-            .enumerate()
-            .map(|(index, socket)| {
-                let accept_loop = tcp::serve(
-                    socket,
-                    Arc::clone(service),
-                    configured.port(),
-                    stop.clone(),
-                    self.connections.clone(),
-                );
-                self.workers
-                    .handle(index)
-                    .spawn(self.accept_loops.track_future(accept_loop))
-            })
-            .collect();
+        let done = group.serve(
+            service,
+            configured.addr.port(),
+            &stop,
+            &self.workers,
+            &self.accept_loops,
+            &self.connections,
+        );
         self.listeners.insert(
             (service.name().to_owned(), configured),
             OpenListener { bound, stop, done },
         );
     }
 
-    async fn close_listener(&mut self, service: &str, configured: SocketAddr) {
+    async fn close_listener(&mut self, service: &str, configured: Listen) {
         if let Some(open) = self.listeners.remove(&(service.to_owned(), configured)) {
             open.stop.cancel();
-            for accept_loop in open.done {
-                let _ = accept_loop.await;
+            for serve_loop in open.done {
+                let _ = serve_loop.await;
             }
-            tracing::info!(service, addr = %open.bound, "stopped listening");
+            let protocol = configured.protocol.as_str();
+            tracing::info!(service, addr = %open.bound, protocol, "stopped listening");
         }
     }
 
@@ -584,29 +576,29 @@ impl Running {
         // Free addresses that move to another service in this reload, then bind everything new
         // before touching what runs, so a bind failure leaves the running config in place.
         let to_open = addresses_to_open(&changes, &new);
-        let moving: Vec<(String, SocketAddr)> = self
+        let moving: Vec<(String, Listen)> = self
             .listeners
             .keys()
-            .filter(|(name, addr)| {
+            .filter(|(name, listen)| {
                 // Port 0 means "any free port": it never collides.
-                addr.port() != 0
-                    && to_open.iter().any(|(n, a)| a == addr && n != name)
-                    && !to_open.contains(&(name.clone(), *addr))
+                listen.addr.port() != 0
+                    && to_open.iter().any(|(n, l)| l == listen && n != name)
+                    && !to_open.contains(&(name.clone(), *listen))
             })
             .cloned()
             .collect();
         for (name, addr) in moving {
             self.close_listener(&name, addr).await;
         }
-        let mut bound: HashMap<(String, SocketAddr), ListenerGroup> = HashMap::new();
-        for (name, addr) in &to_open {
+        let mut bound: HashMap<(String, Listen), SocketGroup> = HashMap::new();
+        for (name, listen) in &to_open {
             let group = bind(
                 name,
-                *addr,
+                *listen,
                 new_service(&new, name).manage_vip,
                 self.workers.count(),
             )?;
-            bound.insert((name.clone(), *addr), group);
+            bound.insert((name.clone(), *listen), group);
         }
 
         for name in &changes.removed {
@@ -616,14 +608,14 @@ impl Running {
                     self.keep_vip_while_draining(service);
                 }
             }
-            let addrs: Vec<SocketAddr> = self
+            let listens: Vec<Listen> = self
                 .listeners
                 .keys()
                 .filter(|(n, _)| n == name)
-                .map(|(_, a)| *a)
+                .map(|(_, l)| *l)
                 .collect();
-            for addr in addrs {
-                self.close_listener(name, addr).await;
+            for listen in listens {
+                self.close_listener(name, listen).await;
             }
             tracing::info!(service = %name, "service removed; its connections drain");
         }
@@ -641,16 +633,16 @@ impl Running {
                     .service(name)
                     .ok_or_else(|| anyhow!("service {name:?} is not running"))?;
                 if let Some(change) = changes.changed.iter().find(|c| &c.name == name) {
-                    for addr in &change.listen_removed {
-                        self.close_listener(name, *addr).await;
+                    for listen in &change.listen_removed {
+                        self.close_listener(name, *listen).await;
                     }
                     state.reconfigure(service_config.clone()).await?;
                 }
                 state
             };
-            for addr in diff::listen_addrs(service_config) {
-                if let Some(socket) = bound.remove(&(name.clone(), addr)) {
-                    self.open_listener(&state, addr, socket);
+            for listen in diff::listen_addrs(service_config) {
+                if let Some(group) = bound.remove(&(name.clone(), listen)) {
+                    self.open_listener(&state, listen, group);
                 }
             }
             state.set_bound(
@@ -729,16 +721,16 @@ impl Running {
 }
 
 /// `(service, listen address)` pairs a reload must bind.
-fn addresses_to_open(changes: &Changes, new: &Config) -> Vec<(String, SocketAddr)> {
+fn addresses_to_open(changes: &Changes, new: &Config) -> Vec<(String, Listen)> {
     let mut open = Vec::new();
     for name in &changes.added {
-        for addr in diff::listen_addrs(new_service(new, name)) {
-            open.push((name.clone(), addr));
+        for listen in diff::listen_addrs(new_service(new, name)) {
+            open.push((name.clone(), listen));
         }
     }
     for change in &changes.changed {
-        for addr in &change.listen_added {
-            open.push((change.name.clone(), *addr));
+        for listen in &change.listen_added {
+            open.push((change.name.clone(), *listen));
         }
     }
     open
@@ -757,13 +749,13 @@ fn new_service<'a>(config: &'a Config, name: &str) -> &'a config::Service {
 fn bind_service(
     service: &config::Service,
     sockets: usize,
-) -> anyhow::Result<Vec<(SocketAddr, ListenerGroup)>> {
+) -> anyhow::Result<Vec<(Listen, SocketGroup)>> {
     diff::listen_addrs(service)
         .into_iter()
-        .map(|addr| {
+        .map(|listen| {
             Ok((
-                addr,
-                bind(&service.name, addr, service.manage_vip, sockets)?,
+                listen,
+                bind(&service.name, listen, service.manage_vip, sockets)?,
             ))
         })
         .collect()
@@ -771,20 +763,13 @@ fn bind_service(
 
 fn bind(
     service: &str,
-    addr: SocketAddr,
+    listen: Listen,
     manage_vip: bool,
     sockets: usize,
-) -> anyhow::Result<ListenerGroup> {
+) -> anyhow::Result<SocketGroup> {
     // A managed VIP may not be on its interface yet: IP_FREEBIND lets the bind succeed anyway.
-    listener::bind_tcp_group(addr, manage_vip, sockets)
-        .with_context(|| format!("service \"{service}\": cannot listen on {addr}"))
-}
-
-/// The address a group is bound to (all its sockets share it).
-fn group_addr(group: &ListenerGroup) -> SocketAddr {
-    group[0]
-        .local_addr()
-        .expect("a bound listener has a local address")
+    SocketGroup::bind(listen, manage_vip, sockets)
+        .with_context(|| format!("service \"{service}\": cannot listen on {listen}"))
 }
 
 /// The DNS records of `services`, with the ports actually bound.

@@ -88,6 +88,7 @@ pub fn config(ports: Ports) -> Config {
             outlier: None,
             manage_vip: false,
             vip_interface: "lo".to_owned(),
+            max_udp_flows: Service::DEFAULT_MAX_UDP_FLOWS,
         }],
     }
 }

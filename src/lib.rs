@@ -1,4 +1,4 @@
-//! vipd: a Layer-4 service load balancer.
+//! vipd: a Layer-4 (TCP and UDP) service load balancer.
 //!
 //! Map of the crate:
 //! - [`config`]: the TOML file → raw serde structs → validated, typed [`config::Config`].
@@ -11,7 +11,7 @@
 //!   their schedule.
 //! - [`balance`]: pickers that choose an endpoint for a new connection.
 //! - [`proxy`]: the data plane: accept, pick, connect with failover, copy both ways (splice(2)
-//!   for bulk flows on Linux).
+//!   for bulk flows on Linux); UDP flows pinned to endpoints, one serve loop per worker socket.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`, and the
 //!   `POST` endpoints `/reload`, `/endpoints/drain`, `/endpoints/undrain`).
 //! - [`status`]: the `/status` document and the trait the admin server works through.

@@ -37,6 +37,14 @@ pub const DNS_QUERIES_TOTAL: &str = "vipd_dns_queries_total";
 pub const VIP_OWNED: &str = "vipd_vip_owned";
 /// `vipd_affinity_entries{service}`: client IPs remembered by session affinity.
 pub const AFFINITY_ENTRIES: &str = "vipd_affinity_entries";
+/// `vipd_udp_flows{service,endpoint}`: UDP flows pinned to an endpoint now.
+pub const UDP_FLOWS: &str = "vipd_udp_flows";
+/// `vipd_udp_flows_total{service,endpoint}`: UDP flows pinned to an endpoint (new or re-pinned).
+pub const UDP_FLOWS_TOTAL: &str = "vipd_udp_flows_total";
+/// `vipd_datagrams_total{service,endpoint,direction}`: UDP datagrams forwarded; `in` = client→endpoint, `out` = endpoint→client.
+pub const DATAGRAMS_TOTAL: &str = "vipd_datagrams_total";
+/// `vipd_udp_flows_dropped_total{service,reason}`: client datagrams not forwarded, by reason (`limit`, `no_endpoint`, `socket`, `send_failed`); `send_failed` also counts replies that could not be sent to the client.
+pub const UDP_FLOWS_DROPPED_TOTAL: &str = "vipd_udp_flows_dropped_total";
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -177,6 +185,26 @@ fn describe() {
         AFFINITY_ENTRIES,
         Unit::Count,
         "Client IPs remembered by session affinity (swept of expired entries every 5 s)."
+    );
+    describe_gauge!(
+        UDP_FLOWS,
+        Unit::Count,
+        "UDP flows (client addresses) pinned to an endpoint now."
+    );
+    describe_counter!(
+        UDP_FLOWS_TOTAL,
+        Unit::Count,
+        "UDP flows pinned to an endpoint: new flows and flows re-pinned from another endpoint."
+    );
+    describe_counter!(
+        DATAGRAMS_TOTAL,
+        Unit::Count,
+        "UDP datagrams forwarded; direction in = client to endpoint, out = endpoint to client."
+    );
+    describe_counter!(
+        UDP_FLOWS_DROPPED_TOTAL,
+        Unit::Count,
+        "UDP datagrams dropped instead of forwarded, by reason: limit (a new flow beyond max_udp_flows), no_endpoint (nothing to route to), socket (no upstream socket could be made), send_failed (a send failed either way)."
     );
 }
 

@@ -44,7 +44,7 @@ pub struct PortStatus {
     pub port: u16,
     /// The port forwarded to on each endpoint.
     pub target_port: u16,
-    /// `"tcp"`.
+    /// `"tcp"` or `"udp"`.
     pub protocol: &'static str,
 }
 
@@ -71,6 +71,8 @@ pub struct EndpointStatus {
     pub active_connections: u64,
     /// Connections established to it since start.
     pub connections_total: u64,
+    /// UDP flows pinned to it now.
+    pub active_flows: u64,
 }
 
 /// What the admin server needs from the running proxy.

@@ -1,4 +1,5 @@
 //! `least_connections`: the candidate with the fewest active connections per unit of weight.
+//! UDP flows count as connections here (see [`crate::service::Endpoint::load`]).
 //!
 //! Every candidate is compared (O(n): read one atomic each); the scan starts at the rotation
 //! position and keeps the first best it meets, so ties — an idle service above all — rotate
@@ -28,7 +29,7 @@ pub fn pick(candidates: &[Candidate], position: usize) -> usize {
     best
 }
 
-/// Active connections and weight of a candidate.
+/// Active connections (and UDP flows) and weight of a candidate.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Load {
     active: u64,
@@ -37,7 +38,7 @@ pub(super) struct Load {
 
 pub(super) fn load(candidate: &Candidate) -> Load {
     Load {
-        active: candidate.endpoint.active_connections(),
+        active: candidate.endpoint.load(),
         weight: candidate.weight,
     }
 }

@@ -2,9 +2,10 @@
 //! what must change. Applying the changes is the app's business; keeping this pure lets it be
 //! tested from a table.
 
+use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Config, Service};
+use super::{Config, Protocol, Service};
 
 /// Everything that differs between two configs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -57,9 +58,25 @@ pub struct ServiceChange {
     /// The service.
     pub name: String,
     /// Listen addresses to open (a changed VIP reopens every port).
-    pub listen_added: Vec<SocketAddr>,
+    pub listen_added: Vec<Listen>,
     /// Listen addresses to close.
-    pub listen_removed: Vec<SocketAddr>,
+    pub listen_removed: Vec<Listen>,
+}
+
+/// One address a service binds, with its protocol: a TCP and a UDP port of the same number are
+/// separate sockets, opened and closed on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Listen {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The VIP and port (as configured: port 0 stays 0).
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.protocol.as_str())
+    }
 }
 
 impl ServiceChange {
@@ -69,12 +86,16 @@ impl ServiceChange {
     }
 }
 
-/// The listen addresses of a service (as configured: port 0 stays 0).
-pub fn listen_addrs(service: &Service) -> Vec<SocketAddr> {
+/// The listen addresses of a service, one per port in config order (as configured: port 0
+/// stays 0).
+pub fn listen_addrs(service: &Service) -> Vec<Listen> {
     service
         .ports
         .iter()
-        .map(|p| SocketAddr::new(service.vip, p.port))
+        .map(|p| Listen {
+            protocol: p.protocol,
+            addr: SocketAddr::new(service.vip, p.port),
+        })
         .collect()
 }
 
@@ -136,8 +157,20 @@ ports = [{ port = 5432 }]
 endpoints = ["127.0.0.4"]
 "#;
 
-    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
-        list.iter().map(|a| a.parse().unwrap()).collect()
+    /// `"IP:PORT"` is TCP; `"IP:PORT/udp"` UDP.
+    fn addrs(list: &[&str]) -> Vec<Listen> {
+        list.iter()
+            .map(|a| match a.strip_suffix("/udp") {
+                Some(addr) => Listen {
+                    protocol: Protocol::Udp,
+                    addr: addr.parse().unwrap(),
+                },
+                None => Listen {
+                    protocol: Protocol::Tcp,
+                    addr: a.parse().unwrap(),
+                },
+            })
+            .collect()
     }
 
     #[test]
@@ -185,6 +218,28 @@ endpoints = ["127.0.0.4"]
                 ),
                 expect: Changes {
                     changed: vec![web_changed(&["127.0.0.1:8443"], &[])],
+                    ..Changes::default()
+                },
+            },
+            Case {
+                what: "udp port added on the number of a tcp one",
+                new: BASE.replace(
+                    "ports = [{ port = 8000, target_port = 9000 }]",
+                    "ports = [{ port = 8000, target_port = 9000 }, { port = 8000, protocol = \"udp\" }]",
+                ),
+                expect: Changes {
+                    changed: vec![web_changed(&["127.0.0.1:8000/udp"], &[])],
+                    ..Changes::default()
+                },
+            },
+            Case {
+                what: "tcp port turned udp",
+                new: BASE.replace(
+                    "ports = [{ port = 8000, target_port = 9000 }]",
+                    "ports = [{ port = 8000, target_port = 9000, protocol = \"udp\" }]",
+                ),
+                expect: Changes {
+                    changed: vec![web_changed(&["127.0.0.1:8000/udp"], &["127.0.0.1:8000"])],
                     ..Changes::default()
                 },
             },

@@ -113,6 +113,18 @@ pub struct Service {
     pub manage_vip: bool,
     /// The interface a managed VIP is added to (default `lo`).
     pub vip_interface: String,
+    /// Most UDP flows the service keeps at once, over all its UDP ports and workers.
+    pub max_udp_flows: NonZeroU32,
+}
+
+impl Service {
+    /// Default `max_udp_flows`.
+    pub const DEFAULT_MAX_UDP_FLOWS: NonZeroU32 = NonZeroU32::new(16_384).expect("non-zero");
+
+    /// Whether every port of the service is UDP (and it has at least one).
+    pub fn is_udp_only(&self) -> bool {
+        !self.ports.is_empty() && self.ports.iter().all(|p| p.protocol == Protocol::Udp)
+    }
 }
 
 /// `[service.discovery]`: endpoints from DNS.
@@ -173,10 +185,12 @@ pub struct ServicePort {
 }
 
 /// Transport protocol of a service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
-    /// TCP.
+    /// TCP: connections are accepted and spliced to an endpoint.
     Tcp,
+    /// UDP: datagrams from one client address form a flow pinned to one endpoint.
+    Udp,
 }
 
 impl Protocol {
@@ -184,6 +198,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
         }
     }
 }
@@ -458,6 +473,8 @@ pub struct ConnectionSettings {
     pub connect_timeout: Duration,
     /// Close a connection with no bytes either way for this long.
     pub idle_timeout: Duration,
+    /// End a UDP flow with no datagram either way for this long.
+    pub udp_idle_timeout: Duration,
     /// On shutdown, how long established connections may finish.
     pub drain_timeout: Duration,
     /// Distinct endpoints tried per client connection.
@@ -469,6 +486,7 @@ impl Default for ConnectionSettings {
         ConnectionSettings {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(3600),
+            udp_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_connect_attempts: NonZeroU32::new(3).expect("non-zero"),
         }
@@ -547,7 +565,12 @@ pub fn summary(service: &Service) -> String {
             )
         })
         .collect();
-    let check = check_summary(&service.health);
+    let check = if service.health.check == HealthCheck::None && service.is_udp_only() {
+        // UDP ports are not probed yet: such a service defaults to no checks.
+        "none (udp)".to_owned()
+    } else {
+        check_summary(&service.health)
+    };
     let affinity = match service.session_affinity {
         SessionAffinity::None => String::new(),
         SessionAffinity::ClientIp { timeout } => format!(

@@ -77,6 +77,9 @@ pub struct RawConnection {
     /// Idle connection timeout.
     #[serde(default, deserialize_with = "duration")]
     pub idle_timeout: Option<Duration>,
+    /// Idle UDP flow timeout.
+    #[serde(default, deserialize_with = "duration")]
+    pub udp_idle_timeout: Option<Duration>,
     /// Shutdown drain timeout.
     #[serde(default, deserialize_with = "duration")]
     pub drain_timeout: Option<Duration>,
@@ -118,11 +121,16 @@ pub struct RawService {
     /// Overrides `[defaults].idle_timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub idle_timeout: Option<Duration>,
+    /// Overrides `[defaults].udp_idle_timeout`.
+    #[serde(default, deserialize_with = "duration")]
+    pub udp_idle_timeout: Option<Duration>,
     /// Overrides `[defaults].drain_timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub drain_timeout: Option<Duration>,
     /// Overrides `[defaults].max_connect_attempts`.
     pub max_connect_attempts: Option<u32>,
+    /// Most UDP flows at once.
+    pub max_udp_flows: Option<u32>,
     /// `[service.health]`.
     pub health: Option<RawHealth>,
     /// `[service.outlier]`.
@@ -181,14 +189,13 @@ pub struct RawPort {
     pub name: Option<String>,
 }
 
-/// `protocol`. `udp` parses so that validation can reject it with a message that names the
-/// service and says why, instead of a generic "unknown variant".
+/// `protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawProtocol {
     /// `"tcp"`.
     Tcp,
-    /// `"udp"`: reserved, rejected by validation.
+    /// `"udp"`.
     Udp,
 }
 

@@ -12,7 +12,7 @@ use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -55,11 +55,16 @@ struct Zone {
     queries: Vec<Query>,
 }
 
-/// The running server; stops when dropped.
+/// The running server; stops when dropped (or, waiting until its sockets are closed, on
+/// [`TestDns::stop`]).
 pub struct TestDns {
     addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
-    _server: Server<Handler>,
+    #[allow(
+        dead_code,
+        reason = "read by `stop`, which only the integration tests call"
+    )]
+    server: Server<Handler>,
 }
 
 impl TestDns {
@@ -83,11 +88,7 @@ impl TestDns {
             };
             server.register_socket(udp);
             server.register_listener(tcp, Duration::from_secs(5), 64);
-            return TestDns {
-                addr,
-                zone,
-                _server: server,
-            };
+            return TestDns { addr, zone, server };
         }
         panic!("no free UDP+TCP port pair on 127.0.0.1");
     }
@@ -140,6 +141,25 @@ impl TestDns {
             })
             .collect();
         self.zone().set(name, RecordType::SRV, records);
+    }
+
+    /// Sets the TXT record of `name` to the one string `text`.
+    #[allow(
+        dead_code,
+        reason = "the integration tests' UDP endpoints answer with it"
+    )]
+    pub fn set_txt(&self, name: &str, ttl: u32, text: &str) {
+        let name = fqdn(name);
+        let txt = RData::TXT(TXT::new(vec![text.to_owned()]));
+        let record = Record::from_rdata(name.clone(), ttl, txt);
+        self.zone().set(name, RecordType::TXT, vec![record]);
+    }
+
+    /// Stops the server and waits until its sockets are closed: a datagram to its address is
+    /// refused from then on.
+    #[allow(dead_code, reason = "the integration tests stop UDP endpoints with it")]
+    pub async fn stop(mut self) {
+        let _ = self.server.shutdown_gracefully().await;
     }
 
     /// Sets how the server answers.

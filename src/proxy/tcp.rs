@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use super::copy::{self, ByteCounters, CopyEnd, Limits};
 use crate::balance::affinity_timeout;
+use crate::config::Protocol;
 use crate::service::endpoint::ActiveConnection;
-use crate::service::{Endpoint, Rotation, ServiceState, Snapshot};
+use crate::service::{Rotation, ServiceState};
 
 /// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -162,7 +163,7 @@ async fn connect(
 ) -> Option<(ActiveConnection, TcpStream, Timeouts)> {
     let snapshot = service.snapshot();
     // The port can be gone when a reload removed it after this connection was accepted.
-    let pool = snapshot.pool(port)?;
+    let pool = snapshot.pool(Protocol::Tcp, port)?;
     match pool.rotation {
         Rotation::Primary | Rotation::Backup => {}
         Rotation::FailedOpen => service.metrics.no_healthy_endpoints.increment(1),
@@ -215,27 +216,16 @@ async fn connect(
                 return Some((attempt.established(), stream, timeouts));
             }
             Ok(Err(error)) => {
-                report_failure(service, &snapshot, endpoint);
+                service.connect_failed(&snapshot, endpoint);
                 tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "connect failed; trying the next endpoint");
             }
             Err(_) => {
-                report_failure(service, &snapshot, endpoint);
+                service.connect_failed(&snapshot, endpoint);
                 tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), timeout = ?settings.connect_timeout, "connect timed out; trying the next endpoint");
             }
         }
     }
     None
-}
-
-/// Counts a failed connect; tells the owner task when outlier detection may want to eject.
-fn report_failure(service: &ServiceState, snapshot: &Snapshot, endpoint: &Endpoint) {
-    let failures = endpoint.record_connect_failure();
-    if let Some(outlier) = &snapshot.config.outlier
-        && failures >= outlier.consecutive_failures.get()
-        && !endpoint.is_ejected()
-    {
-        service.report_connect_failures(endpoint.addr());
-    }
 }
 
 /// A socket for a connect to `addr`, with the options every upstream connection gets.

@@ -1,9 +1,10 @@
 //! The data plane's threads. Each worker runs its own single-threaded tokio runtime, with its
 //! own I/O driver and timers, and accepts from its own listening socket of every service port
-//! (a `SO_REUSEPORT` group on Linux, see [`super::listener::bind_tcp_group`]). A connection
-//! stays on the worker that accepted it from accept to close: no work stealing, no wake-ups
-//! across threads, and its sockets' kernel state stays warm in one CPU's caches — the model of
-//! nginx's and HAProxy's workers. The control plane (owner tasks, probes, admin, DNS) runs on
+//! (a `SO_REUSEPORT` group on Linux, see [`super::listener::bind_tcp_group`] and
+//! [`super::udp::bind_udp_group`]). A connection stays on the worker that accepted it from
+//! accept to close, and a UDP flow on the worker its client's address hashes to: no work
+//! stealing, no wake-ups across threads, and its sockets' kernel state stays warm in one CPU's
+//! caches — the model of nginx's and HAProxy's workers. The control plane (owner tasks, probes, admin, DNS) runs on
 //! the caller's runtime and talks to connections only through atomics, tokens and channels.
 
 use std::io;

@@ -1,9 +1,10 @@
-//! One backend address of a service, with the live figures that change per connection
-//! (atomics) and its metric handles (created once, here, never per connection).
+//! One backend address of a service, with the live figures that change per connection or UDP
+//! flow (atomics) and its metric handles (created once, here, never per connection or
+//! datagram).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge};
@@ -34,9 +35,50 @@ pub struct EndpointMetrics {
     pub checks_failed: Counter,
     /// `vipd_outlier_ejections_total`.
     pub ejections: Counter,
+    /// The UDP series, registered when the endpoint gets its first flow (so endpoints of TCP
+    /// services do not export them).
+    udp: OnceLock<UdpMetrics>,
+    /// The `service` label, for the UDP series registered later.
+    service: String,
+}
+
+/// Metric handles of one endpoint's UDP flows.
+#[derive(Debug)]
+pub struct UdpMetrics {
+    /// `vipd_udp_flows`.
+    pub flows: Gauge,
+    /// `vipd_udp_flows_total`.
+    pub flows_total: Counter,
+    /// `vipd_datagrams_total{direction="in"}`: client → endpoint.
+    pub datagrams_in: Counter,
+    /// `vipd_datagrams_total{direction="out"}`: endpoint → client.
+    pub datagrams_out: Counter,
 }
 
 impl EndpointMetrics {
+    /// The UDP handles of the endpoint at `addr`, registered on first use.
+    fn udp(&self, addr: SocketAddr) -> &UdpMetrics {
+        self.udp.get_or_init(|| {
+            let base = [
+                ("service", self.service.clone()),
+                ("endpoint", addr.to_string()),
+            ];
+            let direction = |value: &'static str| {
+                [
+                    base[0].clone(),
+                    base[1].clone(),
+                    ("direction", value.to_owned()),
+                ]
+            };
+            UdpMetrics {
+                flows: metrics::gauge!(names::UDP_FLOWS, &base),
+                flows_total: metrics::counter!(names::UDP_FLOWS_TOTAL, &base),
+                datagrams_in: metrics::counter!(names::DATAGRAMS_TOTAL, &direction("in")),
+                datagrams_out: metrics::counter!(names::DATAGRAMS_TOTAL, &direction("out")),
+            }
+        })
+    }
+
     fn new(service: &str, addr: SocketAddr) -> Self {
         let service = service.to_owned();
         let endpoint = addr.to_string();
@@ -64,6 +106,8 @@ impl EndpointMetrics {
                 &with("result", "failure")
             ),
             ejections: metrics::counter!(names::OUTLIER_EJECTIONS_TOTAL, &base),
+            udp: OnceLock::new(),
+            service,
         }
     }
 }
@@ -100,6 +144,8 @@ pub struct Endpoint {
     /// The service's token, parent of `drain`.
     service_retired: CancellationToken,
     active: AtomicU64,
+    /// UDP flows pinned here now.
+    flows: AtomicU64,
     total: AtomicU64,
     /// Connect failures in a row, reset by a successful connect.
     consecutive_failures: AtomicU32,
@@ -132,6 +178,7 @@ impl Endpoint {
             drain: ArcSwap::from_pointee(Drain::child_of(service_retired)),
             service_retired: service_retired.clone(),
             active: AtomicU64::new(0),
+            flows: AtomicU64::new(0),
             total: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             idle: Notify::new(),
@@ -304,6 +351,45 @@ impl Endpoint {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// UDP flows pinned to this endpoint now.
+    pub fn active_flows(&self) -> u64 {
+        self.flows.load(Ordering::Relaxed)
+    }
+
+    /// What the connection-count policies weigh: open TCP connections (connects in flight
+    /// included) plus UDP flows, so a service of both protocols is balanced over both.
+    pub fn load(&self) -> u64 {
+        self.active_connections() + self.active_flows()
+    }
+
+    /// The endpoint's UDP metric handles (registered with its first flow).
+    pub fn udp_metrics(&self) -> &UdpMetrics {
+        self.metrics.udp(self.addr)
+    }
+
+    /// Counts a client datagram of `bytes` forwarded to this endpoint.
+    pub fn datagram_in(&self, bytes: usize) {
+        self.udp_metrics().datagrams_in.increment(1);
+        self.metrics.bytes_in.increment(bytes as u64);
+    }
+
+    /// Counts a reply of `bytes` from this endpoint forwarded to its client.
+    pub fn datagram_out(&self, bytes: usize) {
+        self.udp_metrics().datagrams_out.increment(1);
+        self.metrics.bytes_out.increment(bytes as u64);
+    }
+
+    /// Counts a UDP flow pinned to this endpoint; the guard counts it gone when dropped.
+    pub fn flow_pinned(self: &Arc<Self>) -> ActiveFlow {
+        self.flows.fetch_add(1, Ordering::Relaxed);
+        let udp = self.udp_metrics();
+        udp.flows.increment(1.0);
+        udp.flows_total.increment(1);
+        ActiveFlow {
+            endpoint: Arc::clone(self),
+        }
+    }
+
     /// Connections established to this endpoint since start.
     pub fn connections_total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
@@ -378,5 +464,25 @@ impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.endpoint.metrics.active.decrement(1.0);
         self.endpoint.release();
+    }
+}
+
+/// A UDP flow pinned to an endpoint; dropping it (the flow ended or moved) updates the counts.
+#[derive(Debug)]
+pub struct ActiveFlow {
+    endpoint: Arc<Endpoint>,
+}
+
+impl ActiveFlow {
+    /// The endpoint the flow goes to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for ActiveFlow {
+    fn drop(&mut self) {
+        self.endpoint.flows.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.udp_metrics().flows.decrement(1.0);
     }
 }

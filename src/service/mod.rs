@@ -1,7 +1,8 @@
 //! Per-service state shared by the control plane and the data plane.
 //!
-//! - [`endpoint`]: one backend address with live counters and its metric handles; it survives
-//!   snapshot rebuilds, reloads and discovery updates, so counters never reset.
+//! - [`endpoint`]: one backend address with live counters (connections, UDP flows) and its
+//!   metric handles; it survives snapshot rebuilds, reloads and discovery updates, so counters
+//!   never reset.
 //! - [`snapshot`]: the immutable view the data plane reads lock-free (settings, endpoints,
 //!   health, picker).
 //! - [`owner`]: the one task per service that follows the endpoint set, runs health probes,
@@ -20,7 +21,8 @@ pub mod slow_start;
 pub mod snapshot;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Histogram};
@@ -115,6 +117,59 @@ pub struct ServiceMetrics {
     pub accept_errors: Counter,
     /// `vipd_endpoints{service,state}` for healthy, unhealthy, draining, ejected.
     pub endpoints: [Gauge; 4],
+    /// The UDP series, registered when a UDP port of the service starts serving.
+    udp: OnceLock<UdpServiceMetrics>,
+    /// The `service` label, kept for the UDP series.
+    service: String,
+}
+
+/// Why a UDP datagram was dropped instead of forwarded: the `reason` of
+/// `vipd_udp_flows_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// A new flow beyond `max_udp_flows`.
+    Limit,
+    /// No endpoint to route to: none in the port's pool, or none in rotation with
+    /// `fail_closed`.
+    NoEndpoint,
+    /// No upstream socket could be made (e.g. out of descriptors).
+    Socket,
+    /// The send failed (too large, no buffer space, the socket buffer full), either way.
+    SendFailed,
+}
+
+impl UdpDrop {
+    /// Every reason, in the order of [`UdpServiceMetrics::dropped`].
+    pub const ALL: [UdpDrop; 4] = [
+        UdpDrop::Limit,
+        UdpDrop::NoEndpoint,
+        UdpDrop::Socket,
+        UdpDrop::SendFailed,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpDrop::Limit => "limit",
+            UdpDrop::NoEndpoint => "no_endpoint",
+            UdpDrop::Socket => "socket",
+            UdpDrop::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// Per-service UDP metric handles.
+#[derive(Debug)]
+pub struct UdpServiceMetrics {
+    /// `vipd_udp_flows_dropped_total{service,reason}`, indexed like [`UdpDrop::ALL`].
+    dropped: [Counter; 4],
+}
+
+impl UdpServiceMetrics {
+    /// Counts one datagram dropped for `reason`.
+    pub fn dropped(&self, reason: UdpDrop) {
+        self.dropped[reason as usize].increment(1);
+    }
 }
 
 impl ServiceMetrics {
@@ -137,7 +192,24 @@ impl ServiceMetrics {
                 by_state("draining"),
                 by_state("ejected"),
             ],
+            udp: OnceLock::new(),
+            service: service.to_owned(),
         }
+    }
+
+    /// The UDP handles, registered on first use.
+    pub fn udp(&self) -> &UdpServiceMetrics {
+        self.udp.get_or_init(|| UdpServiceMetrics {
+            dropped: UdpDrop::ALL.map(|reason| {
+                metrics::counter!(
+                    names::UDP_FLOWS_DROPPED_TOTAL,
+                    &[
+                        ("service", self.service.clone()),
+                        ("reason", reason.as_str().to_owned())
+                    ]
+                )
+            }),
+        })
     }
 }
 
@@ -158,6 +230,9 @@ pub struct ServiceState {
     first_round_done: watch::Sender<bool>,
     /// Endpoint changes.
     events: broadcast::Sender<ServiceEvent>,
+    /// UDP flows of the service now, over all its UDP ports and workers (against
+    /// `max_udp_flows`).
+    udp_flows: Arc<AtomicUsize>,
     /// Metric handles of the service itself.
     pub metrics: ServiceMetrics,
 }
@@ -194,7 +269,7 @@ impl ServiceState {
                     .iter()
                     .map(|p| {
                         PortPool::new(
-                            p.port,
+                            (p.protocol, p.port),
                             &[],
                             Placement::of(&config),
                             Arc::new(crate::balance::PickerState::new(
@@ -213,6 +288,7 @@ impl ServiceState {
             retired: parent.child_token(),
             first_round_done: watch::Sender::new(false),
             events,
+            udp_flows: Arc::new(AtomicUsize::new(0)),
         };
         (Arc::new(state), Inbox(inbox))
     }
@@ -225,6 +301,25 @@ impl ServiceState {
     /// The current snapshot (lock-free).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The current snapshot for a short look, without taking a reference count (cheaper than
+    /// [`ServiceState::snapshot`] where many threads look at once); do not hold it across an
+    /// `await`.
+    pub fn load_snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// Counts a failed connect to `endpoint` (a refused or unreachable UDP send counts too) and
+    /// tells the owner task when outlier detection may want to eject it.
+    pub fn connect_failed(&self, snapshot: &Snapshot, endpoint: &Endpoint) {
+        let failures = endpoint.record_connect_failure();
+        if let Some(outlier) = &snapshot.config.outlier
+            && failures >= outlier.consecutive_failures.get()
+            && !endpoint.is_ejected()
+        {
+            self.report_connect_failures(endpoint.addr());
+        }
     }
 
     /// The service's current settings.
@@ -259,6 +354,16 @@ impl ServiceState {
     /// The bound listen addresses.
     pub fn bound(&self) -> Vec<SocketAddr> {
         self.bound.load().as_ref().clone()
+    }
+
+    /// The count of the service's UDP flows, shared by the flow tables of its workers.
+    pub fn udp_flow_count(&self) -> &Arc<AtomicUsize> {
+        &self.udp_flows
+    }
+
+    /// UDP flows of the service now (all ports and workers).
+    pub fn udp_flows(&self) -> usize {
+        self.udp_flows.load(Ordering::Relaxed)
     }
 
     /// Cancelled when the service stops.
@@ -376,6 +481,7 @@ impl ServiceState {
                     backup: e.is_backup(),
                     active_connections: e.active_connections(),
                     connections_total: e.connections_total(),
+                    active_flows: e.active_flows(),
                 })
                 .collect(),
         }

@@ -12,7 +12,7 @@
 //! connections carry over. A removed endpoint leaves rotation at once; its connections get the
 //! service's `drain_timeout`, and it is forgotten when the last one closes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use super::slow_start;
 use super::snapshot::Placement;
 use super::{Change, Command, Endpoint, Inbox, PortPool, ServiceEvent, ServiceState, Snapshot};
 use crate::balance::{MaglevTables, PickerState, affinity_timeout};
-use crate::config::{self, EndpointSpec, Health, HealthCheck};
+use crate::config::{self, EndpointSpec, Health, HealthCheck, Protocol};
 use crate::health::{HealthState, ProbeError, ProbeTarget, probe, schedule};
 
 /// One probe result: which endpoint and how it went.
@@ -99,7 +99,8 @@ struct Owner {
     members: Vec<Member>,
     /// Removed endpoints whose connections are still draining.
     leaving: Vec<Arc<Endpoint>>,
-    pickers: HashMap<u16, Arc<PickerState>>,
+    /// Per service port, keyed by protocol and port number.
+    pickers: HashMap<(Protocol, u16), Arc<PickerState>>,
     /// Maglev tables of the current snapshot, reused while their endpoint sets stay.
     tables: MaglevTables,
     /// `vipd_affinity_entries{service}`.
@@ -170,6 +171,7 @@ impl Owner {
         };
         let desired = addresses(&self.config, &specs);
         let placements = placements(&self.config, &specs);
+        let probed = probed_addresses(&self.config, &specs);
         let mut kept = Vec::with_capacity(desired.len());
         let mut previous: HashMap<SocketAddr, Member> = self
             .members
@@ -180,9 +182,11 @@ impl Owner {
             let placement = placements.get(addr);
             if let Some(mut member) = previous.remove(addr) {
                 if let Some(spec) = placement {
-                    apply_placement(&member.endpoint, spec);
+                    apply_placement(&member.endpoint, spec, probed.contains(addr));
                 }
-                if member.endpoint.is_checked() != member.checked {
+                let should_probe =
+                    self.config.health.check != HealthCheck::None && member.endpoint.is_checked();
+                if should_probe != member.checked {
                     self.restart_probe(&mut member);
                 }
                 kept.push(member);
@@ -202,7 +206,7 @@ impl Owner {
                 )),
             };
             if let Some(spec) = placement {
-                apply_placement(&endpoint, spec);
+                apply_placement(&endpoint, spec, probed.contains(addr));
             }
             tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint added");
             let member = self.new_member(endpoint);
@@ -576,13 +580,14 @@ impl Owner {
                     .iter()
                     .filter_map(|a| by_addr.get(a).map(|e| Arc::clone(e)))
                     .collect();
-                let picker = self.pickers.get(&port.port).cloned().unwrap_or_else(|| {
+                let key = (port.protocol, port.port);
+                let picker = self.pickers.get(&key).cloned().unwrap_or_else(|| {
                     Arc::new(PickerState::new(
                         self.config.session_affinity,
                         Instant::now(),
                     ))
                 });
-                PortPool::new(port.port, &endpoints, placement, picker, &mut self.tables)
+                PortPool::new(key, &endpoints, placement, picker, &mut self.tables)
             })
             .collect();
         self.tables.finish_round();
@@ -710,20 +715,21 @@ fn port_addresses(port: &config::ServicePort, specs: &[EndpointSpec]) -> Vec<Soc
 /// affinity entries survive reloads) unless affinity was switched on or off.
 fn pickers_for(
     config: &config::Service,
-    old: &HashMap<u16, Arc<PickerState>>,
-) -> HashMap<u16, Arc<PickerState>> {
+    old: &HashMap<(Protocol, u16), Arc<PickerState>>,
+) -> HashMap<(Protocol, u16), Arc<PickerState>> {
     config
         .ports
         .iter()
         .map(|p| {
+            let key = (p.protocol, p.port);
             let picker = old
-                .get(&p.port)
+                .get(&key)
                 .filter(|picker| picker.fits(config.session_affinity))
                 .cloned()
                 .unwrap_or_else(|| {
                     Arc::new(PickerState::new(config.session_affinity, Instant::now()))
                 });
-            (p.port, picker)
+            (key, picker)
         })
         .collect()
 }
@@ -742,10 +748,27 @@ fn placements<'a>(
     out
 }
 
-/// Gives `endpoint` the weight, tier, name and check exemption of its spec.
-fn apply_placement(endpoint: &Endpoint, spec: &EndpointSpec) {
+/// Gives `endpoint` the weight, tier, name and check exemption of its spec; an endpoint the
+/// service's probes cannot reach (`probed` false) is exempt too.
+fn apply_placement(endpoint: &Endpoint, spec: &EndpointSpec, probed: bool) {
     endpoint.set_placement(spec.weight, spec.backup);
-    endpoint.set_identity(spec.name.as_deref(), spec.check);
+    endpoint.set_identity(spec.name.as_deref(), spec.check && probed);
+}
+
+/// The endpoint addresses the service's probes can check. A TCP connect (`tcp`, `http`) to an
+/// endpoint's own port reaches only addresses behind a TCP port: one behind UDP ports alone
+/// would always fail it, so it goes unprobed unless `health.port` names a port to probe.
+fn probed_addresses(config: &config::Service, specs: &[EndpointSpec]) -> HashSet<SocketAddr> {
+    let tcp_probe = matches!(
+        config.health.check,
+        HealthCheck::Tcp(_) | HealthCheck::Http(_)
+    );
+    config
+        .ports
+        .iter()
+        .filter(|p| !tcp_probe || config.health.port.is_some() || p.protocol == Protocol::Tcp)
+        .flat_map(|p| port_addresses(p, specs))
+        .collect()
 }
 
 /// Where to probe an endpoint: its own address, or its IP with the configured probe port.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::Endpoint;
 use crate::balance::{Candidate, MaglevTables, PickerState, Tier};
-use crate::config::{self, Balance, WhenAllUnhealthy};
+use crate::config::{self, Balance, Protocol, WhenAllUnhealthy};
 
 /// Everything the data plane needs to route a new connection of one service.
 #[derive(Debug)]
@@ -22,9 +22,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The pool behind the service port configured as `port`.
-    pub fn pool(&self, port: u16) -> Option<&PortPool> {
-        self.ports.iter().find(|p| p.port == port)
+    /// The pool behind the service port configured as `port` of `protocol` (a TCP and a UDP
+    /// port of one number may forward to different target ports).
+    pub fn pool(&self, protocol: Protocol, port: u16) -> Option<&PortPool> {
+        self.ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)
     }
 }
 
@@ -46,6 +49,8 @@ pub enum Rotation {
 pub struct PortPool {
     /// The service port as configured.
     pub port: u16,
+    /// The port's protocol.
+    pub protocol: Protocol,
     /// What `tier` holds.
     pub rotation: Rotation,
     /// The endpoints new connections may use (empty when `Closed`).
@@ -80,10 +85,10 @@ impl Placement {
 }
 
 impl PortPool {
-    /// Builds the pool of service port `port` from its endpoints, taking each endpoint's
-    /// state, tier and effective weight as they are now.
+    /// Builds the pool of service port `port` of `protocol` from its endpoints, taking each
+    /// endpoint's state, tier and effective weight as they are now.
     pub fn new(
-        port: u16,
+        (protocol, port): (Protocol, u16),
         endpoints: &[Arc<Endpoint>],
         placement: Placement,
         picker: Arc<PickerState>,
@@ -122,6 +127,7 @@ impl PortPool {
         }
         PortPool {
             port,
+            protocol,
             rotation,
             tier: Tier::build(placement.balance, chosen, tables),
             needs_client: placement.balance == Balance::Maglev || placement.affinity,

@@ -16,4 +16,5 @@ mod proxy;
 mod reload;
 mod shutdown;
 mod stateful;
+mod udp;
 mod vip;

@@ -37,6 +37,12 @@ impl Validator {
             raw.idle_timeout,
             base.idle_timeout,
         );
+        let udp_idle_timeout = self.positive(
+            scope,
+            &format!("{prefix}udp_idle_timeout"),
+            raw.udp_idle_timeout,
+            base.udp_idle_timeout,
+        );
         let drain_timeout = self.positive(
             scope,
             &format!("{prefix}drain_timeout"),
@@ -52,6 +58,7 @@ impl Validator {
         ConnectionSettings {
             connect_timeout,
             idle_timeout,
+            udp_idle_timeout,
             drain_timeout,
             max_connect_attempts,
         }
@@ -81,6 +88,14 @@ mod tests {
             (
                 service("idle_timeout = \"0ms\"\n"),
                 "vipd.toml: service \"web\": idle_timeout: must be greater than 0",
+            ),
+            (
+                "[defaults]\nudp_idle_timeout = \"0s\"\n".into(),
+                "vipd.toml: defaults.udp_idle_timeout: must be greater than 0",
+            ),
+            (
+                service("udp_idle_timeout = \"0s\"\n"),
+                "vipd.toml: service \"web\": udp_idle_timeout: must be greater than 0",
             ),
             (
                 service("drain_timeout = \"0s\"\n"),

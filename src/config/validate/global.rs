@@ -135,7 +135,8 @@ impl Validator {
             }
         };
         if let Some(listen) = listen {
-            // DNS listens on TCP too, so it competes with the admin server and TCP service ports.
+            // DNS listens on UDP and TCP, so it competes with the admin server and with service
+            // ports of either protocol.
             if let Some(admin) = admin.filter(|a| addrs_overlap(a.listen, listen)) {
                 self.push(
                     &scope,
@@ -145,7 +146,10 @@ impl Validator {
                         admin.listen
                     ),
                 );
-            } else if let Some(l) = listeners.iter().find(|l| l.overlaps(listen, Protocol::Tcp)) {
+            } else if let Some(l) = listeners
+                .iter()
+                .find(|l| l.overlaps(listen, Protocol::Tcp) || l.overlaps(listen, Protocol::Udp))
+            {
                 let message = l.collision(listen);
                 self.push(&scope, "dns.listen", message);
             }
@@ -209,7 +213,7 @@ fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_each_reports, service};
+    use super::super::test_support::{assert_each_reports, load, service};
 
     #[test]
     fn each_rule_reports_its_key() {
@@ -231,7 +235,24 @@ mod tests {
                 format!("[admin]\nlisten = \"0.0.0.0:8000\"\n{}", service("")),
                 "vipd.toml: admin.listen: 0.0.0.0:8000 overlaps 127.0.0.1:8000 of service \"web\" ports[0] (a wildcard address covers every IP of its family)",
             ),
+            (
+                format!(
+                    "[dns]\nlisten = \"127.0.0.1:8000\"\nzone = \"svc.local\"\n{}",
+                    service("").replace("9000 }", "9000, protocol = \"udp\" }")
+                ),
+                "vipd.toml: dns.listen: 127.0.0.1:8000 is already the listen address of service \"web\" ports[0]",
+            ),
         ];
         assert_each_reports(cases);
+    }
+
+    #[test]
+    fn the_admin_server_may_share_an_address_with_a_udp_port() {
+        // The admin server is HTTP over TCP only.
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:8000\"\n{}",
+            service("").replace("9000 }", "9000, protocol = \"udp\" }")
+        );
+        assert!(load(&text).is_ok());
     }
 }

@@ -227,6 +227,7 @@ mod tests {
             ConnectionSettings {
                 connect_timeout: ms(2000),
                 idle_timeout: ms(60_000),
+                udp_idle_timeout: ms(30_000),
                 drain_timeout: ms(30_000),
                 max_connect_attempts: nz(5),
             }

@@ -1,6 +1,7 @@
-//! One `[[service]]`: its name, `vip` and `ports`, the addresses it listens on, VIP ownership
-//! (`manage_vip`, `vip_interface`) and `[service.outlier]`; endpoints, health checks, discovery
-//! and connection settings are handed to their own modules.
+//! One `[[service]]`: its name, `vip` and `ports` (TCP and UDP), the addresses it listens on,
+//! `max_udp_flows`, VIP ownership (`manage_vip`, `vip_interface`), `[service.outlier]`, and the
+//! health defaults of UDP-only services; endpoints, health checks, discovery and connection
+//! settings are handed to their own modules.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,8 +16,8 @@ use crate::config::raw::{
     RawConnection, RawOnMarkedDown, RawOutlier, RawPort, RawProtocol, RawService,
 };
 use crate::config::{
-    ConnectionSettings, EndpointSpec, OnMarkedDown, Outlier, ProblemScope, Protocol, Service,
-    ServicePort,
+    ConnectionSettings, EndpointSpec, Health, HealthCheck, OnMarkedDown, Outlier, ProblemScope,
+    Protocol, Service, ServicePort,
 };
 
 /// The interface a managed VIP goes on when `vip_interface` is not set.
@@ -86,11 +87,18 @@ impl Validator {
         let overrides = RawConnection {
             connect_timeout: raw.connect_timeout,
             idle_timeout: raw.idle_timeout,
+            udp_idle_timeout: raw.udp_idle_timeout,
             drain_timeout: raw.drain_timeout,
             max_connect_attempts: raw.max_connect_attempts,
         };
         let connection = self.connection(&scope, "", &overrides, defaults);
-        let health = self.health(&scope, raw.health.as_ref());
+        let max_udp_flows = self.at_least_one(
+            &scope,
+            "max_udp_flows",
+            raw.max_udp_flows,
+            Service::DEFAULT_MAX_UDP_FLOWS,
+        );
+        let health = self.udp_health(&scope, raw, &ports);
         let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
         let (manage_vip, vip_interface) = self.vip_ownership(&scope, raw, vip);
         let PlacementKeys {
@@ -119,7 +127,43 @@ impl Validator {
             outlier,
             manage_vip,
             vip_interface,
+            max_udp_flows,
         }
+    }
+
+    /// `[service.health]`, with the rules UDP ports add: a service whose ports are all UDP is
+    /// not probed unless it asks to be (a TCP connect to a UDP port fails), and a TCP-based
+    /// check of such a service needs `health.port` to reach a TCP port.
+    fn udp_health(
+        &mut self,
+        scope: &ProblemScope,
+        raw: &RawService,
+        ports: &[(bool, ServicePort)],
+    ) -> Health {
+        let mut health = self.health(scope, raw.health.as_ref());
+        let udp_only = !ports.is_empty() && ports.iter().all(|(_, p)| p.protocol == Protocol::Udp);
+        if !udp_only {
+            return health;
+        }
+        if raw.health.is_none() {
+            health.check = HealthCheck::None;
+        } else if health.port.is_none()
+            && let Some(kind) = match &health.check {
+                HealthCheck::Tcp(_) => Some("tcp"),
+                HealthCheck::Http(_) => Some("http"),
+                _ => None,
+            }
+        {
+            self.push(
+                scope,
+                "health.check",
+                format!(
+                    "\"{kind}\" probes connect over TCP, and every port of this service is udp: \
+                     set health.port to a TCP port of the endpoints, or check = \"none\""
+                ),
+            );
+        }
+        health
     }
 
     /// How problems of service number `index` are labelled: by name when the name is valid and
@@ -157,14 +201,12 @@ impl Validator {
         for (i, p) in raw.iter().enumerate() {
             let before = self.problems.len();
             let key = |field: &str| format!("ports[{i}].{field}");
-            if p.protocol == Some(RawProtocol::Udp) {
-                self.push(scope, key("protocol"), "udp is not supported yet");
-            }
+            let protocol = protocol_of(p);
             if p.port == 0 {
                 self.push(scope, key("port"), "0 is out of range 1-65535");
             } else if let Some(j) = raw[..i]
                 .iter()
-                .position(|q| q.port == p.port && q.protocol == p.protocol)
+                .position(|q| q.port == p.port && protocol_of(q) == protocol)
             {
                 self.push(
                     scope,
@@ -180,7 +222,7 @@ impl Validator {
                     self.push(scope, key("name"), message);
                 } else if let Some(j) = raw[..i]
                     .iter()
-                    .position(|q| q.name.as_deref() == Some(name))
+                    .position(|q| q.name.as_deref() == Some(name) && protocol_of(q) == protocol)
                 {
                     self.push(
                         scope,
@@ -192,7 +234,7 @@ impl Validator {
             let port = ServicePort {
                 port: p.port,
                 target_port: p.target_port.unwrap_or(p.port),
-                protocol: Protocol::Tcp,
+                protocol,
                 name: p.name.clone(),
             };
             out.push((self.problems.len() == before, port));
@@ -308,9 +350,82 @@ impl Validator {
     }
 }
 
+/// The protocol of a `ports` entry (absent = tcp).
+fn protocol_of(port: &RawPort) -> Protocol {
+    match port.protocol {
+        None | Some(RawProtocol::Tcp) => Protocol::Tcp,
+        Some(RawProtocol::Udp) => Protocol::Udp,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_each_reports, service};
+    use super::super::test_support::{assert_each_reports, load, service};
+    use crate::config::{HealthCheck, Protocol};
+
+    /// A one-service config whose only port is UDP, with `extra` inside the service table.
+    fn udp_service(extra: &str) -> String {
+        format!(
+            "[[service]]\nname = \"dns\"\nvip = \"127.0.0.1\"\n\
+             ports = [{{ port = 5300, target_port = 53, protocol = \"udp\" }}]\n\
+             endpoints = [\"10.0.0.1\"]\n{extra}"
+        )
+    }
+
+    #[test]
+    fn udp_ports_convert_and_mix_with_tcp() {
+        let config = load(
+            &service("max_udp_flows = 100\nudp_idle_timeout = \"5s\"\n").replace(
+                "ports = [{ port = 8000, target_port = 9000 }]",
+                "ports = [{ port = 8000, protocol = \"udp\", name = \"dns\" }, \
+             { port = 8000, name = \"dns\" }]",
+            ),
+        )
+        .unwrap();
+        let web = &config.services[0];
+        let protocols: Vec<Protocol> = web.ports.iter().map(|p| p.protocol).collect();
+        assert_eq!(protocols, [Protocol::Udp, Protocol::Tcp]);
+        assert_eq!(web.max_udp_flows.get(), 100);
+        assert_eq!(
+            web.connection.udp_idle_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        // A TCP port is there to probe.
+        assert_eq!(web.health.check, HealthCheck::tcp());
+        assert!(!web.is_udp_only());
+    }
+
+    #[test]
+    fn udp_only_services_default_to_no_probes() {
+        let config = load(&udp_service("")).unwrap();
+        let dns = &config.services[0];
+        assert!(dns.is_udp_only());
+        assert_eq!(dns.health.check, HealthCheck::None);
+        assert_eq!(dns.max_udp_flows.get(), 16_384);
+        assert_eq!(
+            dns.connection.udp_idle_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        assert!(
+            crate::config::summary(dns).ends_with("health none (udp)"),
+            "{}",
+            crate::config::summary(dns)
+        );
+        // A probe port makes a TCP check possible; an explicit table is taken as written.
+        let probed = load(&udp_service(
+            "[service.health]\ncheck = \"http\"\nport = 8080\n",
+        ))
+        .unwrap();
+        assert_eq!(probed.services[0].health.port, Some(8080));
+        let none = load(&udp_service("[service.health]\ncheck = \"none\"\n")).unwrap();
+        assert_eq!(none.services[0].health.check, HealthCheck::None);
+    }
+
+    #[test]
+    fn a_udp_and_a_tcp_service_may_share_an_address() {
+        let text = format!("{}{}", udp_service("").replace("5300", "8000"), service(""));
+        assert_eq!(load(&text).unwrap().services.len(), 2);
+    }
 
     #[test]
     fn each_rule_reports_its_key() {
@@ -352,15 +467,36 @@ mod tests {
                 "vipd.toml: service \"web\": ports[0].target_port: 0 is out of range 1-65535",
             ),
             (
-                service("").replace(
-                    "target_port = 9000 }",
-                    "target_port = 9000, protocol = \"udp\" }",
-                ),
-                "vipd.toml: service \"web\": ports[0].protocol: udp is not supported yet",
-            ),
-            (
                 service("").replace("}]", "}, { port = 8000 }]"),
                 "vipd.toml: service \"web\": ports[1].port: 8000 is already listed as ports[0].port",
+            ),
+            (
+                // An absent protocol is tcp.
+                service("").replace("}]", "}, { port = 8000, protocol = \"tcp\" }]"),
+                "vipd.toml: service \"web\": ports[1].port: 8000 is already listed as ports[0].port",
+            ),
+            (
+                service("").replace(
+                    "9000 }]",
+                    "9000, protocol = \"udp\" }, { port = 8000, protocol = \"udp\" }]",
+                ),
+                "vipd.toml: service \"web\": ports[1].port: 8000 is already listed as ports[0].port",
+            ),
+            (
+                udp_service("max_udp_flows = 0\n"),
+                "vipd.toml: service \"dns\": max_udp_flows: must be at least 1",
+            ),
+            (
+                udp_service("[service.health]\ncheck = \"tcp\"\n"),
+                "vipd.toml: service \"dns\": health.check: \"tcp\" probes connect over TCP, and every port of this service is udp: set health.port to a TCP port of the endpoints, or check = \"none\"",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    udp_service(""),
+                    udp_service("").replace("\"dns\"", "\"dns2\"")
+                ),
+                "vipd.toml: service \"dns2\": ports[0].port: 127.0.0.1:5300 is already the listen address of service \"dns\" ports[0]",
             ),
             (
                 service("").replace(

@@ -45,6 +45,7 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> Service {
         outlier: None,
         manage_vip: false,
         vip_interface: "lo".to_owned(),
+        max_udp_flows: Service::DEFAULT_MAX_UDP_FLOWS,
     }
 }
 
@@ -84,6 +85,8 @@ pub struct Running {
     pub state: Arc<AppState>,
     /// The admin address, when started with one.
     pub admin: Option<SocketAddr>,
+    /// The DNS server's address (UDP and TCP), when the config has `[dns]`.
+    pub dns: Option<SocketAddr>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -98,6 +101,7 @@ impl Running {
         let app = App::bind(config).await.expect("bind vipd");
         let state = app.state();
         let admin = app.admin_addr();
+        let dns = app.dns_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         within("serving", state.reached(vipd::app::Phase::Serving)).await;
@@ -105,6 +109,7 @@ impl Running {
             shutdown,
             state,
             admin,
+            dns,
             task: Some(task),
         }
     }

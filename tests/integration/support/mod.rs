@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod server;
+pub mod udp;
 
 pub use backend::Backend;
 pub use harness::{Running, service};
