@@ -350,6 +350,8 @@ pub enum HealthCheck {
     Http(HttpCheck),
     /// A command run for the endpoint must exit 0.
     Exec(ExecCheck),
+    /// A datagram sent to the endpoint must get a reply (that holds the expected bytes).
+    Udp(UdpCheck),
     /// No active checks: every endpoint is healthy.
     None,
 }
@@ -371,6 +373,7 @@ impl HealthCheck {
             HealthCheck::Tcp(_) => "tcp",
             HealthCheck::Http(_) => "http",
             HealthCheck::Exec(_) => "exec",
+            HealthCheck::Udp(_) => "udp",
             HealthCheck::None => "none",
         }
     }
@@ -389,6 +392,22 @@ pub struct TcpCheck {
 impl TcpCheck {
     /// How much of the reply an `expect` is looked for in.
     pub const READ_LIMIT: usize = 16 * 1024;
+}
+
+/// `check = "udp"`: one datagram to the endpoint; a reply within the timeout (holding
+/// `expect`, when set) is success; no reply, or an ICMP port unreachable, is failure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpCheck {
+    /// The datagram sent (`send`, or `send_hex` decoded); empty = an empty datagram.
+    pub send: Vec<u8>,
+    /// Must occur in one reply datagram (`expect`, or `expect_hex` decoded; never empty);
+    /// `None` = any reply.
+    pub expect: Option<Vec<u8>>,
+}
+
+impl UdpCheck {
+    /// The largest reply looked at: a whole UDP datagram.
+    pub const READ_LIMIT: usize = 65_507;
 }
 
 /// `check = "http"`: one request on a fresh connection.
@@ -547,6 +566,10 @@ fn check_summary(health: &Health) -> String {
             format!("http {} {}{expect}", http.method.as_str(), http.path)
         }
         HealthCheck::Exec(exec) => format!("exec {}", exec.program.display()),
+        HealthCheck::Udp(udp) => match udp.expect {
+            None => "udp".to_owned(),
+            Some(_) => "udp send/expect".to_owned(),
+        },
     };
     format!("{what} every {:?}", health.period)
 }

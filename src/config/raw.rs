@@ -368,6 +368,8 @@ pub enum RawCheck {
     Http,
     /// `"exec"`.
     Exec,
+    /// `"udp"`.
+    Udp,
     /// `"none"`.
     None,
 }
@@ -379,6 +381,7 @@ impl RawCheck {
             RawCheck::Tcp => "tcp",
             RawCheck::Http => "http",
             RawCheck::Exec => "exec",
+            RawCheck::Udp => "udp",
             RawCheck::None => "none",
         }
     }

@@ -755,18 +755,22 @@ fn apply_placement(endpoint: &Endpoint, spec: &EndpointSpec, probed: bool) {
     endpoint.set_identity(spec.name.as_deref(), spec.check && probed);
 }
 
-/// The endpoint addresses the service's probes can check. A TCP connect (`tcp`, `http`) to an
-/// endpoint's own port reaches only addresses behind a TCP port: one behind UDP ports alone
-/// would always fail it, so it goes unprobed unless `health.port` names a port to probe.
+/// The endpoint addresses the service's probes can check. A TCP probe (`tcp`, `http`) of an
+/// endpoint's own port reaches only addresses behind a TCP port, a `udp` probe only those behind
+/// a UDP port: an address behind ports of the other protocol alone would always fail it, so it
+/// goes unprobed unless `health.port` names a port to probe. `exec` probes every address.
 fn probed_addresses(config: &config::Service, specs: &[EndpointSpec]) -> HashSet<SocketAddr> {
-    let tcp_probe = matches!(
-        config.health.check,
-        HealthCheck::Tcp(_) | HealthCheck::Http(_)
-    );
+    let probed_protocol = match config.health.check {
+        HealthCheck::Tcp(_) | HealthCheck::Http(_) => Some(Protocol::Tcp),
+        HealthCheck::Udp(_) => Some(Protocol::Udp),
+        HealthCheck::Exec(_) | HealthCheck::None => None,
+    };
     config
         .ports
         .iter()
-        .filter(|p| !tcp_probe || config.health.port.is_some() || p.protocol == Protocol::Tcp)
+        .filter(|p| {
+            config.health.port.is_some() || probed_protocol.is_none_or(|proto| p.protocol == proto)
+        })
         .flat_map(|p| port_addresses(p, specs))
         .collect()
 }

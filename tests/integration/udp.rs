@@ -566,3 +566,30 @@ async fn fail_open_keeps_flows_where_they_are_while_every_endpoint_is_down() {
             >= 2.0
     );
 }
+
+#[tokio::test]
+async fn a_udp_check_sends_a_query_and_marks_an_endpoint_down_when_it_stops_answering() {
+    let mut servers = named(&["a", "b"]).await;
+    let mut svc = with_health(
+        udp_service("udp-probed", &addrs(&servers)),
+        HealthCheck::Udp(vipd::config::UdpCheck {
+            send: txt_query(7),
+            // The answer holds the question's name, as every server gives it.
+            expect: Some(b"\x01a".to_vec()),
+        }),
+        Duration::from_millis(100),
+    );
+    svc.health.jitter = 0.0;
+    let vipd = Running::start(vec![svc], false).await;
+    vipd.ready().await;
+    let service = vipd.service("udp-probed");
+    let (a, b) = (servers[0].addr, servers[1].addr);
+    // Only `a` answers with its name in the TXT record: `b` fails the expectation.
+    assert!(endpoint(&service, a).is_healthy());
+    assert!(!endpoint(&service, b).is_healthy());
+
+    // `a` stops: its probes get ICMP port unreachable, and it is marked down.
+    let mut events = service.subscribe();
+    stop_first(&mut servers).await;
+    next_change(&mut events, a, Change::Down).await;
+}

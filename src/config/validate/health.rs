@@ -13,22 +13,22 @@ use super::hex;
 use super::names::check_host_port;
 use crate::config::raw::{RawCheck, RawHealth, RawMethod};
 use crate::config::{
-    ExecCheck, Health, HealthCheck, HttpCheck, HttpMethod, ProblemScope, TcpCheck,
+    ExecCheck, Health, HealthCheck, HttpCheck, HttpMethod, ProblemScope, TcpCheck, UdpCheck,
 };
 
 /// The keys only some check kinds take: the key, whether it is set, and the kinds that take it.
 fn kind_keys(raw: &RawHealth) -> [(&'static str, bool, &'static [RawCheck]); 9] {
-    use RawCheck::{Exec, Http, Tcp};
+    use RawCheck::{Exec, Http, Tcp, Udp};
     [
         ("command", raw.command.is_some(), &[Exec]),
         ("path", raw.path.is_some(), &[Http]),
         ("method", raw.method.is_some(), &[Http]),
         ("host", raw.host.is_some(), &[Http]),
         ("expect_status", raw.expect_status.is_some(), &[Http]),
-        ("send", raw.send.is_some(), &[Tcp]),
-        ("send_hex", raw.send_hex.is_some(), &[Tcp]),
-        ("expect", raw.expect.is_some(), &[Tcp, Http]),
-        ("expect_hex", raw.expect_hex.is_some(), &[Tcp]),
+        ("send", raw.send.is_some(), &[Tcp, Udp]),
+        ("send_hex", raw.send_hex.is_some(), &[Tcp, Udp]),
+        ("expect", raw.expect.is_some(), &[Tcp, Http, Udp]),
+        ("expect_hex", raw.expect_hex.is_some(), &[Tcp, Udp]),
     ]
 }
 
@@ -57,6 +57,7 @@ impl Validator {
         }
         let check = match kind {
             RawCheck::Tcp => HealthCheck::Tcp(self.tcp_check(scope, raw)),
+            RawCheck::Udp => HealthCheck::Udp(self.udp_check(scope, raw)),
             RawCheck::Http => HealthCheck::Http(self.http_check(scope, raw)),
             RawCheck::Exec => match self.exec_check(scope, raw) {
                 Some(exec) => HealthCheck::Exec(exec),
@@ -143,6 +144,26 @@ impl Validator {
             Some(TcpCheck::READ_LIMIT),
         );
         TcpCheck { send, expect }
+    }
+
+    /// `send`/`send_hex` (the datagram) and `expect`/`expect_hex` (in one reply).
+    fn udp_check(&mut self, scope: &ProblemScope, raw: &RawHealth) -> UdpCheck {
+        let send = self.bytes(
+            scope,
+            ("send", &raw.send),
+            ("send_hex", &raw.send_hex),
+            Some(UdpCheck::READ_LIMIT),
+        );
+        let expect = self.bytes(
+            scope,
+            ("expect", &raw.expect),
+            ("expect_hex", &raw.expect_hex),
+            Some(UdpCheck::READ_LIMIT),
+        );
+        UdpCheck {
+            send: send.unwrap_or_default(),
+            expect,
+        }
     }
 
     /// `method`, `path`, `host`, `expect_status` and `expect` (the body).
@@ -448,11 +469,11 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             (
                 health("check = \"http\"\nsend = \"PING\""),
-                "vipd.toml: service \"web\": health.send: only allowed with check = \"tcp\" (check is \"http\")",
+                "vipd.toml: service \"web\": health.send: only allowed with check = \"tcp\" or \"udp\" (check is \"http\")",
             ),
             (
                 health("check = \"none\"\nexpect_hex = \"00\""),
-                "vipd.toml: service \"web\": health.expect_hex: only allowed with check = \"tcp\" (check is \"none\")",
+                "vipd.toml: service \"web\": health.expect_hex: only allowed with check = \"tcp\" or \"udp\" (check is \"none\")",
             ),
             (
                 health("send = \"PING\"\nsend_hex = \"00\""),
@@ -508,15 +529,15 @@ mod tests {
             ),
             (
                 health("check = \"none\"\nexpect = \"x\""),
-                "vipd.toml: service \"web\": health.expect: only allowed with check = \"tcp\" or \"http\" (check is \"none\")",
+                "vipd.toml: service \"web\": health.expect: only allowed with check = \"tcp\" or \"http\" or \"udp\" (check is \"none\")",
             ),
             (
                 health("check = \"http\"\nsend_hex = \"00\""),
-                "vipd.toml: service \"web\": health.send_hex: only allowed with check = \"tcp\" (check is \"http\")",
+                "vipd.toml: service \"web\": health.send_hex: only allowed with check = \"tcp\" or \"udp\" (check is \"http\")",
             ),
             (
                 health("check = \"http\"\nexpect_hex = \"00\""),
-                "vipd.toml: service \"web\": health.expect_hex: only allowed with check = \"tcp\" (check is \"http\")",
+                "vipd.toml: service \"web\": health.expect_hex: only allowed with check = \"tcp\" or \"udp\" (check is \"http\")",
             ),
             (
                 health("check = \"http\"\nmethod = \"HEAD\"\nexpect = \"ok\""),
@@ -601,7 +622,7 @@ mod tests {
             ),
             (
                 health("check = \"exec\"\ncommand = [\"/bin/sh\"]\nexpect = \"ok\""),
-                "vipd.toml: service \"web\": health.expect: only allowed with check = \"tcp\" or \"http\" (check is \"exec\")",
+                "vipd.toml: service \"web\": health.expect: only allowed with check = \"tcp\" or \"http\" or \"udp\" (check is \"exec\")",
             ),
             (
                 service("[service.health]\npath = \"/x\"\n"),

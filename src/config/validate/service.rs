@@ -142,11 +142,35 @@ impl Validator {
     ) -> Health {
         let mut health = self.health(scope, raw.health.as_ref());
         let udp_only = !ports.is_empty() && ports.iter().all(|(_, p)| p.protocol == Protocol::Udp);
+        let any_udp = ports.iter().any(|(_, p)| p.protocol == Protocol::Udp);
+        if !any_udp && health.port.is_none() && matches!(health.check, HealthCheck::Udp(_)) {
+            self.push(
+                scope,
+                "health.check",
+                "\"udp\" probes send a datagram, and no port of this service is udp: set \
+                 health.port to a UDP port of the endpoints",
+            );
+        }
         if !udp_only {
             return health;
         }
-        if raw.health.is_none() {
+        let check_unset = raw.health.as_ref().is_none_or(|h| h.check.is_none());
+        if check_unset {
+            // An all-UDP service is not probed over TCP by default.
             health.check = HealthCheck::None;
+            if let Some(h) = &raw.health
+                && (h.send.is_some()
+                    || h.send_hex.is_some()
+                    || h.expect.is_some()
+                    || h.expect_hex.is_some())
+            {
+                self.push(
+                    scope,
+                    "health.check",
+                    "every port of this service is udp: set check = \"udp\" for a probe that \
+                     sends and expects",
+                );
+            }
         } else if health.port.is_none()
             && let Some(kind) = match &health.check {
                 HealthCheck::Tcp(_) => Some("tcp"),
@@ -485,6 +509,14 @@ mod tests {
             (
                 udp_service("max_udp_flows = 0\n"),
                 "vipd.toml: service \"dns\": max_udp_flows: must be at least 1",
+            ),
+            (
+                udp_service("[service.health]\nsend = \"ping\"\n"),
+                "vipd.toml: service \"dns\": health.check: every port of this service is udp: set check = \"udp\" for a probe that sends and expects",
+            ),
+            (
+                service("[service.health]\ncheck = \"udp\"\n"),
+                "vipd.toml: service \"web\": health.check: \"udp\" probes send a datagram, and no port of this service is udp: set health.port to a UDP port of the endpoints",
             ),
             (
                 udp_service("[service.health]\ncheck = \"tcp\"\n"),

@@ -15,6 +15,7 @@ mod http;
 mod tcp;
 #[cfg(test)]
 mod test_support;
+mod udp;
 
 use std::future::Future;
 use std::io;
@@ -124,6 +125,7 @@ pub async fn probe(
     match check {
         HealthCheck::None => Ok(()),
         HealthCheck::Tcp(check) => tcp::probe(check, target.target, deadline).await,
+        HealthCheck::Udp(check) => udp::probe(check, target.target, deadline).await,
         HealthCheck::Http(check) => http::probe(check, target.target, deadline).await,
         // Its deadline starts once it may start its command.
         HealthCheck::Exec(check) => exec::probe(check, target, timeout).await,
