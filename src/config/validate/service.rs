@@ -98,6 +98,26 @@ impl Validator {
             raw.max_udp_flows,
             Service::DEFAULT_MAX_UDP_FLOWS,
         );
+        // UDP keys on a service without a UDP port would do nothing: say so rather than let a
+        // missing `protocol = "udp"` go unnoticed. (`[defaults]` may set them for all.)
+        if !ports.is_empty() && ports.iter().all(|(_, p)| p.protocol != Protocol::Udp) {
+            // A zero was reported already: one mistake, one message.
+            for (key, set) in [
+                ("max_udp_flows", raw.max_udp_flows.is_some_and(|n| n > 0)),
+                (
+                    "udp_idle_timeout",
+                    raw.udp_idle_timeout.is_some_and(|d| !d.is_zero()),
+                ),
+            ] {
+                if set {
+                    self.push(
+                        &scope,
+                        key,
+                        "only allowed on a service with a udp port (ports[].protocol = \"udp\")",
+                    );
+                }
+            }
+        }
         let health = self.udp_health(&scope, raw, &ports);
         let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
         let (manage_vip, vip_interface) = self.vip_ownership(&scope, raw, vip);
@@ -505,6 +525,10 @@ mod tests {
                     "9000, protocol = \"udp\" }, { port = 8000, protocol = \"udp\" }]",
                 ),
                 "vipd.toml: service \"web\": ports[1].port: 8000 is already listed as ports[0].port",
+            ),
+            (
+                service("max_udp_flows = 10\n"),
+                "vipd.toml: service \"web\": max_udp_flows: only allowed on a service with a udp port (ports[].protocol = \"udp\")",
             ),
             (
                 udp_service("max_udp_flows = 0\n"),
