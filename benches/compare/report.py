@@ -27,6 +27,9 @@ ROWS = [
     ("crr_p50_ms", "crr latency p50, ms", 3),
     ("crr_p99_ms", "crr latency p99, ms", 3),
     ("crr_cpu_us_per_req", "crr, proxy CPU-µs per request", 1),
+    ("udp_qps", "udp (dnsperf → 3 nsd), queries/s", 0),
+    ("udp_lost", "udp, queries lost", 0),
+    ("udp_cpu_us_per_query", "udp, proxy CPU-µs per query", 2),
     ("idle_kib_per_conn", f"idle: RSS per connection, KiB ({os.environ.get('IDLE_CONNS', '5000')} idle connections)", 2),
 ]
 

@@ -3,14 +3,15 @@
 # each proxy with 2 worker threads, round robin over the same 3 loopback backends, health checks
 # on where the proxy has them. Workloads: bulk (iperf3, 1 and 8 streams, through a one-backend
 # service), rr and crr (wrk against nginx backends), idle (N idle connections, RSS per
-# connection). Proxy CPU is utime+stime of the proxy's processes from /proc/PID/stat, before and
+# connection), udp (dnsperf through the proxy to three nsd servers; HAProxy has no UDP, so only
+# direct, vipd and nginx run it). Proxy CPU is utime+stime of the proxy's processes from /proc/PID/stat, before and
 # after each workload. Every proxy runs throughout, and the timed workloads are interleaved in
 # rounds whose target order rotates. Prints a markdown table of medians over RUNS rounds.
 #
 # Usage (as root, from anywhere): benches/compare/run.sh
 # Environment: RUNS rounds (5), DURATION seconds per timed workload (3), IDLE_CONNS (5000),
 #              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
-#              WORKLOADS (subset of "idle bulk rr crr"),
+#              WORKLOADS (subset of "idle bulk rr crr udp"),
 #              VIPD (path to a vipd binary; default: cargo build --release).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
 # is stopped by its PID on exit. Takes about 6 minutes with the defaults.
@@ -28,10 +29,11 @@ RESULTS=$WORK/results.tsv
 BACKENDS=(127.0.0.71 127.0.0.72 127.0.0.73)
 HTTP_PORT=8080
 BULK_PORT=5201
+DNS_PORT=5353
 declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
   [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
 read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
-read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp}"
 wants() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
 
 log() { echo "[$(date +%T)] $*" >&2; }
@@ -44,6 +46,8 @@ command -v nginx >/dev/null || missing+=(nginx)
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v python3 >/dev/null || missing+=(python3)
+command -v dnsperf >/dev/null || missing+=(dnsperf)
+command -v nsd >/dev/null || missing+=(nsd)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   apt-get update -qq
@@ -88,6 +92,16 @@ wait_listening() {
     sleep 0.1
   done
   echo "nothing listens on $1:$2" >&2
+  return 1
+}
+
+# Waits until a UDP socket is bound to IP:PORT.
+wait_udp() {
+  for _ in $(seq 100); do
+    ss -Hlun "sport = :$2" | grep -q "$1:$2" && return 0
+    sleep 0.1
+  done
+  echo "nothing receives on udp $1:$2" >&2
   return 1
 }
 
@@ -139,6 +153,44 @@ PIDS+=($!)
 for ip in "${BACKENDS[@]}"; do wait_listening "$ip" "$HTTP_PORT"; done
 wait_listening "${BACKENDS[0]}" "$BULK_PORT"
 
+# DNS backends: one nsd per backend address (one server process each), an authoritative zone
+# with the name dnsperf asks for.
+if wants udp; then
+  mkdir -p "$WORK/nsd"
+  printf '%s\n' '$ORIGIN bench.test.' '$TTL 300' \
+    '@ IN SOA ns hostmaster 1 3600 600 86400 300' '@ IN NS ns' 'ns IN A 127.0.0.71' \
+    'www IN A 10.0.0.1' >"$WORK/nsd/bench.test.zone"
+  for ip in "${BACKENDS[@]}"; do
+    n=${ip##*.}
+    cat >"$WORK/nsd/nsd-$n.conf" <<EOF
+server:
+  ip-address: $ip@$DNS_PORT
+  server-count: 1
+  username: ""
+  chroot: ""
+  zonesdir: "$WORK/nsd"
+  pidfile: "$WORK/nsd/nsd-$n.pid"
+  database: ""
+  zonelistfile: "$WORK/nsd/zone-$n.list"
+  xfrdfile: "$WORK/nsd/xfrd-$n.state"
+  xfrdir: "$WORK/nsd"
+  verbosity: 0
+  # Response rate limiting (on by default) would drop a benchmark's queries from one source.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+remote-control:
+  control-enable: no
+zone:
+  name: bench.test
+  zonefile: bench.test.zone
+EOF
+    nsd -d -c "$WORK/nsd/nsd-$n.conf" >"$WORK/nsd/nsd-$n.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for ip in "${BACKENDS[@]}"; do wait_udp "$ip" "$DNS_PORT"; done
+  for _ in $(seq 1000); do echo "www.bench.test A"; done >"$WORK/queries"
+fi
+
 # --- proxy configs -------------------------------------------------------------------------
 write_configs() {
   local ip=${PROXY_IP[vipd]}
@@ -164,6 +216,13 @@ endpoints = ["${BACKENDS[0]}:$BULK_PORT"]
 check = "tcp"
 port = $HTTP_PORT
 period = "1s"
+
+# No active checks, as nginx has none.
+[[service]]
+name = "dns"
+vip = "$ip"
+ports = [{ port = $DNS_PORT, protocol = "udp" }]
+endpoints = [$(printf '"%s:'"$DNS_PORT"'", ' "${BACKENDS[@]}" | sed 's/, $//')]
 EOF
   for variant in haproxy haproxy-splice; do
     ip=${PROXY_IP[$variant]}
@@ -206,6 +265,10 @@ EOF
     for b in "${BACKENDS[@]}"; do echo "    server $b:$HTTP_PORT;"; done
     echo "  }"
     echo "  upstream bulk { server ${BACKENDS[0]}:$BULK_PORT; }"
+    echo "  upstream dns {"
+    for b in "${BACKENDS[@]}"; do echo "    server $b:$DNS_PORT;"; done
+    echo "  }"
+    echo "  server { listen $ip:$DNS_PORT udp reuseport; proxy_pass dns; proxy_responses 1; }"
     echo "  server { listen $ip:$HTTP_PORT backlog=4096; proxy_pass http; }"
     echo "  server { listen $ip:$BULK_PORT; proxy_pass bulk; }"
     echo "}"
@@ -267,6 +330,23 @@ http() {
   return 0
 }
 
+# udp: dnsperf (16 client sockets, up to 200 queries in flight) through the proxy's DNS port.
+# Queries still in flight when the time is up count as lost, so the in-flight cap is small.
+udp() {
+  local target=$1 pid=$2 ip=${PROXY_IP[$1]} before after out completed
+  case $target in haproxy*) return 0 ;; esac
+  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  out=$(timeout $((DURATION + 20)) dnsperf -s "$ip" -p "$DNS_PORT" -d "$WORK/queries" \
+    -l "$DURATION" -c 16 -q 200 -t 2 2>&1)
+  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  completed=$(awk '/Queries completed:/ {print $3}' <<<"$out")
+  record "$target" udp_qps "$(awk '/Queries per second:/ {print $4}' <<<"$out")"
+  record "$target" udp_lost "$(awk '/Queries lost:/ {print $3}' <<<"$out")"
+  [ -n "$pid" ] && [ "${completed:-0}" -gt 0 ] && record "$target" udp_cpu_us_per_query \
+    "$(python3 -c "print(($after - $before) / $TICKS * 1e6 / $completed)")"
+  return 0
+}
+
 # Established connections on the backends' http port (the backend side of each).
 backend_conns() { ss -Htn state established "sport = :$HTTP_PORT" | grep -c "127.0.0.7[123]:$HTTP_PORT" || true; }
 
@@ -311,6 +391,7 @@ done
 for target in "${PROXIES[@]}"; do
   wait_listening "${PROXY_IP[$target]}" "$HTTP_PORT"
   wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
+  if wants udp && [[ $target != haproxy* ]]; then wait_udp "${PROXY_IP[$target]}" "$DNS_PORT"; fi
 done
 sleep 1.5 # first round of health checks
 alive() {
@@ -336,7 +417,7 @@ round_order() {
   local n=${#TARGETS[@]} k=$(($1 % ${#TARGETS[@]}))
   echo "${TARGETS[@]:k:n-k}" "${TARGETS[@]:0:k}"
 }
-for workload in bulk rr crr; do
+for workload in bulk rr crr udp; do
   wants "$workload" || continue
   for RUN in $(seq "$RUNS"); do
     log "$workload, round $RUN/$RUNS"
@@ -349,6 +430,7 @@ for workload in bulk rr crr; do
           ;;
         rr) http rr "$target" "$pid" ;;
         crr) http crr "$target" "$pid" -H "Connection: close" ;;
+        udp) udp "$target" "$pid" ;;
       esac
     done
   done
