@@ -39,7 +39,9 @@ async fn redis_pair_replicates_and_swaps_roles() {
         client.command(&["GET", "absent"]).await.unwrap(),
         Reply::Bulk(None)
     );
-    a.wait_for_replicas(1).await;
+    // WAIT counts the writes of its own connection: ask it on the one that wrote.
+    let acked = client.command(&["WAIT", "1", "20000"]).await.unwrap();
+    assert_eq!(acked, Reply::Integer(1));
     assert_eq!(b.command(&["GET", "k"]).await.text(), "one");
     let refused = b.command(&["SET", "k", "two"]).await;
     assert!(
@@ -65,8 +67,10 @@ async fn redis_pair_replicates_and_swaps_roles() {
     assert_eq!(port.integer(), i64::from(b.addr.port()));
     assert_eq!(state.text(), "connected");
 
-    assert_eq!(b.command(&["SET", "k", "two"]).await, ok());
-    b.wait_for_replicas(1).await;
+    let mut on_b = RespClient::connect(b.addr).await.expect("connect");
+    assert_eq!(on_b.command(&["SET", "k", "two"]).await.unwrap(), ok());
+    let acked = on_b.command(&["WAIT", "1", "20000"]).await.unwrap();
+    assert_eq!(acked, Reply::Integer(1));
     assert_eq!(a.command(&["GET", "k"]).await.text(), "two");
     assert_eq!(a.command(&["GET", "n"]).await.text(), "1");
 

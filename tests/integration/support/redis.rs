@@ -259,21 +259,6 @@ impl RedisServer {
         self.command(&["ROLE"]).await.items()[0].text().to_owned()
     }
 
-    /// Waits until `replicas` replicas acknowledged every write made so far on this primary
-    /// (`WAIT`), so that a read on them sees those writes.
-    pub async fn wait_for_replicas(&self, replicas: usize) {
-        let timeout_ms = super::GUARD.as_millis().to_string();
-        let acked = self
-            .command(&["WAIT", &replicas.to_string(), &timeout_ms])
-            .await
-            .integer();
-        assert!(
-            acked >= replicas as i64,
-            "only {acked} of {replicas} replicas acknowledged the writes on {}",
-            self.addr
-        );
-    }
-
     /// The server's process ID.
     pub fn pid(&self) -> u32 {
         self.process.pid()
