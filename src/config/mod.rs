@@ -526,6 +526,12 @@ impl Default for Health {
     }
 }
 
+/// Whether `name` is a DNS label as service, port and replica names must be (`[a-z0-9-]{1,63}`,
+/// not starting or ending with `-`).
+pub fn is_dns_label(name: &str) -> bool {
+    validate::names::check_dns_label(name).is_ok()
+}
+
 /// Reads, parses and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -227,14 +227,7 @@ fn srv_weight(weight: u16) -> u32 {
 fn replica_name(host: &Name) -> Option<String> {
     let label = host.iter().next()?;
     let label = std::str::from_utf8(label).ok()?.to_ascii_lowercase();
-    let valid = !label.is_empty()
-        && label.len() <= 63
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-');
-    valid.then_some(label)
+    crate::config::is_dns_label(&label).then_some(label)
 }
 
 /// The record data of one answer and its smallest TTL.

@@ -34,7 +34,7 @@ mod global;
 mod health;
 mod hex;
 mod listen;
-mod names;
+pub(crate) mod names;
 mod placement;
 mod service;
 #[cfg(test)]

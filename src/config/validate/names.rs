@@ -4,7 +4,7 @@
 use std::net::Ipv6Addr;
 
 /// Checks a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
-pub(super) fn check_dns_label(name: &str) -> Result<(), String> {
+pub(crate) fn check_dns_label(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }
