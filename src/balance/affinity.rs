@@ -179,18 +179,6 @@ impl AffinityTable {
         }
     }
 
-    /// Forgets `client`: its next lookup finds nothing until it is remembered again. Best
-    /// effort, like [`remember`](Self::remember): a slot being written at that moment is left
-    /// to its writer.
-    pub fn forget(&self, client: IpAddr) {
-        let key = client_key(client);
-        let bucket = self.bucket(key);
-        for k in &bucket.keys {
-            // The stale value stays: the next writer claims the slot before it writes one.
-            let _ = k.compare_exchange(key, EMPTY, Ordering::AcqRel, Ordering::Relaxed);
-        }
-    }
-
     /// Frees the slots of entries stamped `timeout` or longer before `now` and returns how
     /// many live entries remain (for the gauge `vipd_affinity_entries`), counting slots that a
     /// writer holds at that moment as live. Walks the whole table: for the control plane, and
@@ -433,18 +421,6 @@ mod tests {
         assert!((5..8).all(|c| table.lookup(v4(c), t0 + secs(25), timeout).is_some()));
         assert_eq!(table.sweep(t0 + secs(40), timeout), 0);
         assert_eq!(table.sweep(t0 + secs(40), timeout), 0);
-    }
-
-    #[test]
-    fn forget_removes_a_client() {
-        let t0 = Instant::now();
-        let table = AffinityTable::new(64, t0);
-        table.remember(v4(1), 1, t0);
-        table.remember(v4(2), 2, t0);
-        table.forget(v4(1));
-        table.forget(v4(9));
-        assert_eq!(table.lookup(v4(1), t0, MINUTE), None);
-        assert_eq!(table.lookup(v4(2), t0, MINUTE), Some(2));
     }
 
     #[test]

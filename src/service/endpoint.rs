@@ -405,11 +405,6 @@ impl Endpoint {
         }
     }
 
-    /// Counts a newly established connection; the guard counts it closed when dropped.
-    pub fn connection_opened(self: &Arc<Self>) -> ActiveConnection {
-        self.attempt().established()
-    }
-
     fn release(&self) {
         if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.idle.notify_waiters();
