@@ -89,7 +89,7 @@ fn datagram_in(c: &mut Criterion) {
             b.iter(|| match table.route(clients[next()], stamp) {
                 Route::Forward(id) => {
                     let flow = table.get(id).expect("routed");
-                    flow.endpoint().datagram_in(black_box(LEN));
+                    flow.endpoint().datagrams_in(1, black_box(LEN));
                 }
                 other => panic!("every flow stays: {other:?}"),
             })
@@ -114,7 +114,7 @@ fn datagram_out(c: &mut Criterion) {
                         let flow = table.get_mut(slot).expect("a live flow");
                         flow.touch(stamp);
                         flow.endpoint().record_connect_success();
-                        flow.endpoint().datagram_out(black_box(LEN));
+                        flow.endpoint().datagrams_out(1, black_box(LEN));
                     });
                 }
             })

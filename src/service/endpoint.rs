@@ -311,11 +311,11 @@ impl Endpoint {
         self.drain.load_full()
     }
 
-    /// Waits until no connection is open to this endpoint.
+    /// Waits until no connection is open to this endpoint and no UDP flow is pinned to it.
     pub async fn idle(&self) {
         loop {
             let notified = self.idle.notified();
-            if self.active_connections() == 0 {
+            if self.load() == 0 {
                 return;
             }
             notified.await;
@@ -367,15 +367,15 @@ impl Endpoint {
         self.metrics.udp(self.addr)
     }
 
-    /// Counts a client datagram of `bytes` forwarded to this endpoint.
-    pub fn datagram_in(&self, bytes: usize) {
-        self.udp_metrics().datagrams_in.increment(1);
+    /// Counts `count` client datagrams of `bytes` in all forwarded to this endpoint.
+    pub fn datagrams_in(&self, count: usize, bytes: usize) {
+        self.udp_metrics().datagrams_in.increment(count as u64);
         self.metrics.bytes_in.increment(bytes as u64);
     }
 
-    /// Counts a reply of `bytes` from this endpoint forwarded to its client.
-    pub fn datagram_out(&self, bytes: usize) {
-        self.udp_metrics().datagrams_out.increment(1);
+    /// Counts `count` replies of `bytes` in all from this endpoint forwarded to their clients.
+    pub fn datagrams_out(&self, count: usize, bytes: usize) {
+        self.udp_metrics().datagrams_out.increment(count as u64);
         self.metrics.bytes_out.increment(bytes as u64);
     }
 
@@ -387,6 +387,7 @@ impl Endpoint {
         udp.flows_total.increment(1);
         ActiveFlow {
             endpoint: Arc::clone(self),
+            drain: self.drain_token(),
         }
     }
 
@@ -466,6 +467,8 @@ impl Drop for ActiveConnection {
 #[derive(Debug)]
 pub struct ActiveFlow {
     endpoint: Arc<Endpoint>,
+    /// The endpoint's drain signal when the flow was pinned, as a connection takes it.
+    drain: Arc<Drain>,
 }
 
 impl ActiveFlow {
@@ -473,11 +476,20 @@ impl ActiveFlow {
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
+
+    /// Whether the flow must end: its endpoint left the service, the service stopped, or the
+    /// endpoint's connections were closed (`on_marked_down = "close"`). A datagram has no
+    /// grace period to drain: the flow's next datagram starts a new flow elsewhere.
+    pub fn must_end(&self) -> bool {
+        self.drain.is_cancelled()
+    }
 }
 
 impl Drop for ActiveFlow {
     fn drop(&mut self) {
-        self.endpoint.flows.fetch_sub(1, Ordering::Relaxed);
+        if self.endpoint.flows.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.endpoint.idle.notify_waiters();
+        }
         self.endpoint.udp_metrics().flows.decrement(1.0);
     }
 }

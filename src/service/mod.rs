@@ -166,9 +166,9 @@ pub struct UdpServiceMetrics {
 }
 
 impl UdpServiceMetrics {
-    /// Counts one datagram dropped for `reason`.
-    pub fn dropped(&self, reason: UdpDrop) {
-        self.dropped[reason as usize].increment(1);
+    /// Counts `count` datagrams dropped for `reason`.
+    pub fn dropped(&self, reason: UdpDrop, count: usize) {
+        self.dropped[reason as usize].increment(count as u64);
     }
 }
 

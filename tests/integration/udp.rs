@@ -277,6 +277,32 @@ async fn reloads_move_flows_off_removed_endpoints_keep_the_others_and_add_and_re
 }
 
 #[tokio::test]
+async fn a_removed_endpoint_is_forgotten_once_its_flows_end_even_when_their_clients_stay_quiet() {
+    let servers = named(&["a", "b"]).await;
+    let service = |servers: &[NamedDns]| {
+        let mut service = udp_service("udp-forget", &addrs(servers));
+        // Far beyond the test: only the removal may end the flow.
+        service.connection.udp_idle_timeout = Duration::from_secs(600);
+        service
+    };
+    let vipd = Running::start(vec![service(&servers)], false).await;
+    let vip = vipd.addr("udp-forget");
+    let state = vipd.service("udp-forget");
+    let mut events = state.subscribe();
+    let mut on_a = client_on(vip, "a").await;
+    assert_eq!(endpoint(&state, servers[0].addr).active_flows(), 1);
+
+    let after = config(vec![service(&servers[1..])], false);
+    vipd.state.apply(after).await.expect("reload applies");
+    // The flow ends without another datagram, so the endpoint is gone for good.
+    next_change(&mut events, servers[0].addr, Change::Gone).await;
+    assert!(state.endpoint(servers[0].addr).is_none());
+    assert_eq!(state.udp_flows(), 0);
+    // The client's next query starts a new flow, on an endpoint of the service.
+    assert_eq!(on_a.ask(vip).await.name, "b");
+}
+
+#[tokio::test]
 async fn a_new_flow_beyond_max_udp_flows_gets_no_answer_and_is_counted() {
     let servers = named(&["a", "b"]).await;
     let mut service = udp_service("udp-limit", &addrs(&servers));

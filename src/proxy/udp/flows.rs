@@ -5,7 +5,8 @@
 //! kernel's reuseport hash keeps a client on one worker), so it needs no lock; flows live in a
 //! slab whose index is the flow's id, so a ready upstream socket finds its flow without a hash.
 //! The table also keeps the service-wide flow count (shared by the workers' tables, checked
-//! against `max_udp_flows` once per new flow) and ends flows idle for `udp_idle_timeout`.
+//! against `max_udp_flows` once per new flow) and ends flows idle for `udp_idle_timeout` or
+//! pinned to an endpoint that left the service.
 //!
 //! The table is generic over the upstream socket so the per-datagram path can be measured and
 //! tested without a network.
@@ -225,17 +226,19 @@ impl<U> FlowTable<U> {
         Some(flow)
     }
 
-    /// Ends every flow with no datagram either way for `idle` before `now`; returns how many.
+    /// Ends every flow with no datagram either way for `idle` before `now`, and every flow
+    /// whose endpoint's drain signal fired (it left the service, or its connections were
+    /// closed); returns how many.
     pub fn expire(&mut self, now: Instant, idle: Duration) -> usize {
         let now = self.stamp(now);
         let idle = idle.as_millis() as u64;
         let mut expired = 0;
         for id in 0..self.slots.len() {
-            let idle_for = match &self.slots[id] {
-                Some(flow) => now.saturating_sub(flow.last_active),
+            let ends = match &self.slots[id] {
+                Some(flow) => now.saturating_sub(flow.last_active) >= idle || flow.pin.must_end(),
                 None => continue,
             };
-            if idle_for >= idle {
+            if ends {
                 self.remove(id);
                 expired += 1;
             }
@@ -358,6 +361,22 @@ mod tests {
         assert_eq!(table.lookup(client(1)), None);
         let again = add(&mut table, client(3), &a, 1);
         assert_eq!((again, table.slots(), table.len()), (id, 1, 1));
+    }
+
+    #[test]
+    fn a_flow_ends_at_the_sweep_once_its_endpoint_left_the_service() {
+        let (gone, stays) = (endpoint(1), endpoint(2));
+        let mut table = FlowTable::new(Arc::new(AtomicUsize::new(0)));
+        add(&mut table, client(1), &gone, 1);
+        let kept = add(&mut table, client(2), &stays, 2);
+        let idle = Duration::from_secs(30);
+        assert_eq!(table.expire(Instant::now(), idle), 0);
+        gone.set_removed(true);
+        assert_eq!(table.expire(Instant::now(), idle), 1);
+        assert_eq!(table.lookup(client(1)), None);
+        assert_eq!(table.lookup(client(2)), Some(kept));
+        // Its count is back to zero, so whoever waits for it to be idle may forget it.
+        assert_eq!((gone.active_flows(), gone.load()), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]

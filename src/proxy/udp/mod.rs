@@ -5,8 +5,13 @@
 //! own, connected to the endpoint: client datagrams go out on it, and the endpoint's replies,
 //! read from it, go back to the client from the service port's socket, so the client hears the
 //! VIP:port it asked. The loop is one task that owns its [`flows::FlowTable`] outright; it reads
-//! the listening socket and the upstream sockets that [`ready::ReadySet`] reports readable, with
-//! one preallocated 64 KiB buffer: no lock, no allocation and no task per datagram or flow.
+//! the listening socket and the upstream sockets that [`ready::ReadySet`] reports readable.
+//!
+//! Datagrams move in batches through one set of preallocated [`batch::Slots`]: one `recvmmsg`
+//! takes up to 32 client datagrams, the datagrams of each flow among them go out in one
+//! `sendmmsg`, and the replies of all ready flows go back to their clients in one `sendmmsg` on
+//! the listening socket. With UDP GRO a train of one sender's datagrams arrives as one message
+//! and leaves as one (GSO). No lock, no allocation and no task per datagram or flow.
 //!
 //! Before a client datagram is forwarded, a flow whose endpoint left rotation (marked down,
 //! ejected, drained, removed) or refused a datagram is placed again (re-pinned) through a new
@@ -15,13 +20,16 @@
 //! failure for outlier detection. With nothing in rotation, fail-open keeps flows where they
 //! are (unless their endpoint is draining) and fail-closed drops the datagram.
 //!
-//! Flows end after `udp_idle_timeout` with no datagram either way (a sweep every quarter of
-//! it, at most every second), when the port closes, or when the service stops.
+//! Flows end after `udp_idle_timeout` with no datagram either way, and once their endpoint has
+//! left the service (a sweep every quarter of the timeout, at most every second), when the
+//! port closes, or when the service stops.
 //!
 //! - [`socket`]: binding the port's socket group, and the flows' upstream sockets.
+//! - [`batch`]: moving datagrams a batch per system call.
 //! - [`flows`]: the flow table and the service-wide flow count.
 //! - [`ready`]: which upstream sockets have replies to read.
 
+pub mod batch;
 pub mod flows;
 pub mod ready;
 pub mod socket;
@@ -33,8 +41,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use socket2::{SockAddr, SockRef};
-use tokio::io::ReadBuf;
+use std::os::fd::AsFd;
+
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
@@ -42,21 +51,30 @@ use tokio_util::sync::CancellationToken;
 use crate::balance::affinity_timeout;
 use crate::config::Protocol;
 use crate::service::{Endpoint, PortPool, Rotation, ServiceState, Snapshot, UdpDrop};
+use batch::{SLOTS, Slots};
 use flows::{FlowId, FlowTable, Route};
 use ready::ReadySet;
 
 pub use socket::bind_udp_group;
 
-/// Receive buffer: any UDP payload fits (65,507 bytes over IPv4, 65,527 over IPv6), so a
-/// datagram is never truncated.
-const BUFFER_SIZE: usize = 65_536;
-/// Datagrams handled per poll before the loop yields to the worker's other tasks.
-const BATCH: usize = 128;
+/// Datagrams (or GRO trains) handled per poll before the loop yields to the worker's other
+/// tasks.
+const BUDGET: usize = 8 * SLOTS;
 /// Replies read from one flow per turn, so one busy endpoint cannot starve the others.
-const PER_FLOW: usize = 16;
+const PER_FLOW: usize = 2 * SLOTS;
 /// Bounds of the sweep period (a quarter of `udp_idle_timeout`).
 const SWEEP_MIN: Duration = Duration::from_millis(10);
 const SWEEP_MAX: Duration = Duration::from_secs(1);
+/// Slot numbers in order, for sending a whole batch.
+const IN_ORDER: [u8; SLOTS] = {
+    let mut order = [0u8; SLOTS];
+    let mut i = 0;
+    while i < SLOTS {
+        order[i] = i as u8;
+        i += 1;
+    }
+    order
+};
 
 /// Serves the UDP service port configured as `port` on `socket` until `stop` is cancelled;
 /// its flows end with it.
@@ -69,6 +87,8 @@ pub async fn serve(
     port: u16,
     stop: CancellationToken,
 ) {
+    // Trains of one client's datagrams come in as one message where the kernel can.
+    batch::enable_gro(socket.as_fd());
     let listen = match UdpSocket::from_std(socket) {
         Ok(listen) => listen,
         Err(error) => {
@@ -84,7 +104,7 @@ pub async fn serve(
         port,
         listen,
         ready: ReadySet::new(),
-        buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+        slots: Slots::new(),
     };
     let sweep = sleep(serving.sweep_period());
     tokio::pin!(sweep);
@@ -114,83 +134,129 @@ struct PortLoop {
     listen: UdpSocket,
     table: FlowTable<UdpSocket>,
     ready: ReadySet,
-    /// Every datagram either way passes through here.
-    buf: Box<[u8]>,
+    /// Every datagram either way passes through here, a batch at a time.
+    slots: Slots,
 }
 
 impl PortLoop {
-    /// Handles what is ready on the listening socket and the flows' sockets, up to [`BATCH`]
+    /// Handles what is ready on the listening socket and the flows' sockets, up to [`BUDGET`]
     /// datagrams; never completes.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.ready.register(cx.waker());
         // One clock read per poll: flows are stamped to the batch, not to the datagram.
         let stamp = self.table.stamp(Instant::now());
-        let mut budget = BATCH;
+        let mut budget = BUDGET;
         loop {
             let before = budget;
+            // A drained socket's readiness was cleared without a waker: poll it once more.
+            let mut drained = false;
             while budget > 0 {
-                let mut read = ReadBuf::new(&mut self.buf);
-                let client = match self.listen.poll_recv_from(cx, &mut read) {
-                    Poll::Pending => break,
-                    Poll::Ready(Ok(client)) => client,
-                    Poll::Ready(Err(error)) => {
-                        budget -= 1;
-                        tracing::debug!(service = self.service.name(), %error, "udp receive failed");
-                        continue;
+                match self.receive_clients(cx, stamp) {
+                    Batch::Full(n) => budget = budget.saturating_sub(n),
+                    Batch::Short(n) => {
+                        // The queue is empty now: see to the replies before asking again.
+                        budget = budget.saturating_sub(n);
+                        drained = true;
+                        break;
                     }
-                };
-                let len = read.filled().len();
-                budget -= 1;
-                self.on_client(client, len, stamp);
+                    Batch::Pending => break,
+                }
             }
-            for chunk in 0..self.ready.chunks() {
-                let PortLoop {
-                    service,
-                    listen,
-                    table,
-                    ready,
-                    buf,
-                    ..
-                } = self;
-                let ready = &*ready;
-                ready.take(chunk, |id| {
-                    let parts = Replies {
-                        service,
-                        listen,
-                        table: &mut *table,
-                        ready,
-                        buf: &mut buf[..],
-                    };
-                    budget = budget.saturating_sub(read_replies(parts, id, stamp));
-                });
-            }
+            let relay = Relay {
+                service: &self.service,
+                listen: &self.listen,
+                table: &mut self.table,
+                ready: &self.ready,
+                slots: &mut self.slots,
+                stamp,
+                filled: 0,
+                owners: [0; SLOTS],
+                handled: 0,
+            };
+            budget = budget.saturating_sub(relay.run(budget));
             if budget == 0 {
                 // More may be waiting: run again after the worker's other tasks.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if budget == before {
+            if budget == before && !drained {
                 // Every socket said Pending, with a waker registered.
                 return Poll::Pending;
             }
         }
     }
 
-    /// A datagram of `len` bytes (in the buffer) from `client`.
-    fn on_client(&mut self, client: SocketAddr, len: usize, stamp: u64) {
-        match self.table.route(client, stamp) {
-            Route::Forward(id) => self.forward(id, len, true),
-            Route::Repin(id) => {
-                if self.repin(id) {
-                    self.forward(id, len, true);
-                }
+    /// Receives a batch of client datagrams and forwards them.
+    fn receive_clients(&mut self, cx: &mut Context<'_>, stamp: u64) -> Batch {
+        let received = match receive(&self.listen, cx, &mut self.slots, 0, SLOTS) {
+            Poll::Pending => return Batch::Pending,
+            Poll::Ready(Ok(received)) => received,
+            Poll::Ready(Err(error)) => {
+                // Counts against the budget, so a socket that keeps failing cannot spin.
+                tracing::debug!(service = self.service.name(), %error, "udp receive failed");
+                return Batch::Full(1);
             }
-            Route::New => self.open(client, len, stamp),
+        };
+        self.forward_batch(received.count, stamp);
+        if received.drained {
+            Batch::Short(received.count)
+        } else {
+            Batch::Full(received.count)
         }
     }
 
-    /// Starts the flow of `client` with its first datagram.
-    fn open(&mut self, client: SocketAddr, len: usize, stamp: u64) {
+    /// Forwards the `received` client datagrams in the slots: each to its flow (started or
+    /// re-pinned as needed), the datagrams of one flow together in one system call.
+    fn forward_batch(&mut self, received: usize, stamp: u64) {
+        let mut flows: [FlowId; SLOTS] = [0; SLOTS];
+        let mut order: [u8; SLOTS] = [0; SLOTS];
+        let mut routed = 0;
+        for (slot, flow) in flows.iter_mut().enumerate().take(received) {
+            let datagram = *self.slots.meta(slot);
+            if datagram.truncated {
+                self.drop_datagram(UdpDrop::SendFailed, datagram.peer);
+                continue;
+            }
+            if let Some(id) = self.route(datagram.peer, stamp) {
+                *flow = id;
+                order[routed] = slot as u8;
+                routed += 1;
+            }
+        }
+        // Group by flow, keeping each flow's datagrams in arrival order (an insertion sort:
+        // a batch is small, and usually ordered in runs already).
+        let order = &mut order[..routed];
+        for i in 1..order.len() {
+            let mut j = i;
+            while j > 0 && flows[usize::from(order[j - 1])] > flows[usize::from(order[j])] {
+                order.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        let mut start = 0;
+        while start < order.len() {
+            let id = flows[usize::from(order[start])];
+            let end = start
+                + order[start..]
+                    .iter()
+                    .take_while(|&&slot| flows[usize::from(slot)] == id)
+                    .count();
+            self.send_run(id, &order[start..end]);
+            start = end;
+        }
+    }
+
+    /// The flow a datagram from `client` goes on; `None` when it is dropped (counted).
+    fn route(&mut self, client: SocketAddr, stamp: u64) -> Option<FlowId> {
+        match self.table.route(client, stamp) {
+            Route::Forward(id) => Some(id),
+            Route::Repin(id) => self.repin(id).then_some(id),
+            Route::New => self.open(client, stamp),
+        }
+    }
+
+    /// Starts the flow of `client`.
+    fn open(&mut self, client: SocketAddr, stamp: u64) -> Option<FlowId> {
         let snapshot = self.service.load_snapshot();
         let max = usize::try_from(snapshot.config.max_udp_flows.get()).unwrap_or(usize::MAX);
         let (service, port) = (&*self.service, self.port);
@@ -207,13 +273,16 @@ impl PortLoop {
                 let endpoint = self.table.get(id).expect("just added").endpoint().addr();
                 tracing::debug!(service = self.service.name(), %client, %endpoint, "udp flow started");
                 self.watch(id);
-                self.forward(id, len, true);
+                Some(id)
             }
-            Err(reason) => self.drop_datagram(reason, client),
+            Err(reason) => {
+                self.drop_datagram(reason, client);
+                None
+            }
         }
     }
 
-    /// Places flow `id` again, away from its endpoint; false when the datagram is dropped.
+    /// Places flow `id` again, away from its endpoint; false when its datagram is dropped.
     fn repin(&mut self, id: FlowId) -> bool {
         let flow = self.table.get(id).expect("a routed flow exists");
         let (client, current, refused) = (
@@ -258,28 +327,62 @@ impl PortLoop {
         }
     }
 
-    /// Sends the datagram of `len` bytes in the buffer on flow `id`. A refusal counts against
-    /// the endpoint and, when `retry`, moves the flow and sends once more.
-    fn forward(&mut self, id: FlowId, len: usize, retry: bool) {
-        let flow = self.table.get_mut(id).expect("a routed flow exists");
-        // Straight to the kernel: UDP sockets are writable but for a full buffer, and then the
-        // datagram is dropped rather than held.
-        match SockRef::from(flow.upstream()).send(&self.buf[..len]) {
-            Ok(_) => flow.endpoint().datagram_in(len),
-            Err(error) if is_refusal(&error) => {
-                // The ICMP error of an earlier datagram: this one was not sent.
-                flow.mark_refused();
-                let endpoint = Arc::clone(flow.endpoint());
-                self.service
-                    .connect_failed(&self.service.load_snapshot(), &endpoint);
-                if retry && self.repin(id) {
-                    self.forward(id, len, false);
+    /// Sends the client datagrams in slots `run` on flow `id`, in order. A refusal counts
+    /// against the endpoint and moves the flow, and the rest go to the new endpoint (twice at
+    /// most: then they are dropped).
+    fn send_run(&mut self, id: FlowId, run: &[u8]) {
+        let mut sent = 0;
+        let mut refusals = 0;
+        while sent < run.len() {
+            let flow = self.table.get_mut(id).expect("a routed flow exists");
+            // Straight to the kernel: UDP sockets are writable but for a full buffer, and then
+            // the datagram is dropped rather than held.
+            let result = batch::send(flow.upstream().as_fd(), &mut self.slots, &run[sent..]);
+            match result {
+                Ok(count) => {
+                    for &slot in &run[sent..sent + count] {
+                        let datagram = self.slots.meta(usize::from(slot));
+                        flow.endpoint().datagrams_in(datagram.count(), datagram.len);
+                    }
+                    sent += count;
                 }
-            }
-            Err(error) => {
-                let client = flow.client();
-                tracing::trace!(service = self.service.name(), %client, %error, "udp send failed");
-                self.drop_datagram(UdpDrop::SendFailed, client);
+                Err(error) if is_refusal(&error) => {
+                    // The ICMP error of an earlier datagram: this one was not sent.
+                    flow.mark_refused();
+                    let endpoint = Arc::clone(flow.endpoint());
+                    self.service
+                        .connect_failed(&self.service.load_snapshot(), &endpoint);
+                    refusals += 1;
+                    if refusals > 2 || !self.repin(id) {
+                        let client = self.table.get(id).expect("a routed flow exists").client();
+                        for &slot in &run[sent..] {
+                            let count = self.slots.meta(usize::from(slot)).count();
+                            self.drop_datagrams(UdpDrop::SendFailed, client, count);
+                        }
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let slot = usize::from(run[sent]);
+                    let datagram = *self.slots.meta(slot);
+                    let fallback = (datagram.segment != 0 && batch::is_gso_unsupported(&error))
+                        .then(|| {
+                            batch::send_segments(flow.upstream().as_fd(), &self.slots, slot, false)
+                        });
+                    let went = match fallback {
+                        Some(Ok(went)) => went,
+                        _ => 0,
+                    };
+                    if went > 0 {
+                        flow.endpoint().datagrams_in(went, datagram.len);
+                    }
+                    let client = flow.client();
+                    if went < datagram.count() {
+                        tracing::trace!(service = self.service.name(), %client, %error, "udp send failed");
+                        self.drop_datagrams(UdpDrop::SendFailed, client, datagram.count() - went);
+                    }
+                    sent += 1;
+                }
             }
         }
     }
@@ -290,7 +393,7 @@ impl PortLoop {
         self.ready.mark(id);
     }
 
-    /// Ends idle flows.
+    /// Ends idle flows, and flows whose endpoint left the service.
     fn sweep(&mut self) {
         let idle = self.udp_idle_timeout();
         let expired = self.table.expire(Instant::now(), idle);
@@ -299,7 +402,7 @@ impl PortLoop {
                 service = self.service.name(),
                 expired,
                 left = self.table.len(),
-                "idle udp flows ended"
+                "udp flows ended"
             );
         }
     }
@@ -318,67 +421,205 @@ impl PortLoop {
     }
 
     fn drop_datagram(&self, reason: UdpDrop, client: SocketAddr) {
-        self.service.metrics.udp().dropped(reason);
+        self.drop_datagrams(reason, client, 1);
+    }
+
+    fn drop_datagrams(&self, reason: UdpDrop, client: SocketAddr, count: usize) {
+        self.service.metrics.udp().dropped(reason, count);
         // Per datagram, and a remote peer can cause it at will: trace only.
-        tracing::trace!(service = self.service.name(), %client, reason = reason.as_str(), "udp datagram dropped");
+        tracing::trace!(service = self.service.name(), %client, reason = reason.as_str(), count, "udp datagrams dropped");
     }
 }
 
-/// The parts of a [`PortLoop`] that reading replies touches (borrowed apart from the ready
-/// set's iteration).
-struct Replies<'a> {
+/// What one receive on the listening socket found.
+enum Batch {
+    /// As many datagrams as asked for: more may be queued.
+    Full(usize),
+    /// Fewer (or none after a readiness event): the queue is empty.
+    Short(usize),
+    /// Not readable; the waker is registered.
+    Pending,
+}
+
+/// Reading the replies of the flows whose sockets are ready, and sending them on to their
+/// clients from the listening socket, a batch at a time (the parts of a [`PortLoop`] this
+/// touches, borrowed apart from the ready set's iteration).
+struct Relay<'a> {
     service: &'a ServiceState,
     listen: &'a UdpSocket,
     table: &'a mut FlowTable<UdpSocket>,
     ready: &'a ReadySet,
-    buf: &'a mut [u8],
+    slots: &'a mut Slots,
+    stamp: u64,
+    /// Slots holding replies not sent yet.
+    filled: usize,
+    /// The flow of each filled slot.
+    owners: [FlowId; SLOTS],
+    /// Replies read.
+    handled: usize,
 }
 
-/// Reads flow `id`'s replies and sends them to its client, until its socket has none (its
-/// waker then registered) or [`PER_FLOW`] were read; returns how many datagrams it handled.
-fn read_replies(parts: Replies<'_>, id: FlowId, stamp: u64) -> usize {
-    let Replies {
-        service,
-        listen,
-        table,
-        ready,
-        buf,
-    } = parts;
-    // A stale mark: the flow ended since.
-    let Some(flow) = table.get_mut(id) else {
-        return 0;
-    };
-    let mut cx = Context::from_waker(ready.waker(id));
-    for handled in 0..PER_FLOW {
-        let mut read = ReadBuf::new(buf);
-        match flow.upstream().poll_recv(&mut cx, &mut read) {
-            Poll::Pending => return handled,
-            Poll::Ready(Ok(())) => {
-                let len = read.filled().len();
-                flow.touch(stamp);
-                let endpoint = flow.endpoint();
-                endpoint.record_connect_success();
-                match SockRef::from(listen).send_to(&buf[..len], &SockAddr::from(flow.client())) {
-                    Ok(_) => endpoint.datagram_out(len),
-                    Err(error) => {
-                        service.metrics.udp().dropped(UdpDrop::SendFailed);
-                        tracing::trace!(service = service.name(), client = %flow.client(), %error, "udp reply dropped");
+impl Relay<'_> {
+    /// Reads and sends the replies of ready flows until none is left or about `budget` were
+    /// handled; returns how many were.
+    fn run(mut self, budget: usize) -> usize {
+        let ready = self.ready;
+        for chunk in 0..ready.chunks() {
+            ready.take(chunk, |id| {
+                if self.handled >= budget {
+                    // Not read this turn: the next poll comes back to it.
+                    ready.mark(id);
+                } else {
+                    self.read_flow(id);
+                }
+            });
+        }
+        self.flush();
+        self.handled
+    }
+
+    /// Reads flow `id`'s replies until its socket has none (its waker then registered) or
+    /// [`PER_FLOW`] were read.
+    fn read_flow(&mut self, id: FlowId) {
+        let mut cx = Context::from_waker(self.ready.waker(id));
+        let mut read = 0;
+        while read < PER_FLOW {
+            if self.filled == SLOTS {
+                self.flush();
+            }
+            // A stale mark: the flow ended since.
+            let Some(flow) = self.table.get_mut(id) else {
+                return;
+            };
+            match receive(
+                flow.upstream(),
+                &mut cx,
+                self.slots,
+                self.filled,
+                SLOTS - self.filled,
+            ) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(received)) => {
+                    let count = received.count;
+                    if count > 0 {
+                        flow.touch(self.stamp);
+                        flow.endpoint().record_connect_success();
                     }
+                    for slot in self.filled..self.filled + count {
+                        self.slots.address(slot, flow.client());
+                        self.owners[slot] = id;
+                    }
+                    self.filled += count;
+                    read += count;
+                    self.handled += count;
+                    // Drained: the next receive registers the waker (or finds a new datagram).
+                }
+                Poll::Ready(Err(error)) if is_refusal(&error) => {
+                    // Reported once; the socket reads on.
+                    flow.mark_refused();
+                    self.service
+                        .connect_failed(&self.service.load_snapshot(), flow.endpoint());
+                    read += 1;
+                }
+                Poll::Ready(Err(error)) => {
+                    tracing::debug!(service = self.service.name(), endpoint = %flow.endpoint().addr(), %error, "udp upstream receive failed");
+                    read += 1;
+                    self.handled += 1;
                 }
             }
-            Poll::Ready(Err(error)) if is_refusal(&error) => {
-                flow.mark_refused();
-                service.connect_failed(&service.load_snapshot(), flow.endpoint());
-            }
-            // Keep reading: only Pending registers the waker again.
-            Poll::Ready(Err(error)) => {
-                tracing::debug!(service = service.name(), endpoint = %flow.endpoint().addr(), %error, "udp upstream receive failed");
+        }
+        // Not drained: come back on the next turn.
+        self.ready.mark(id);
+    }
+
+    /// Sends the filled slots to their clients.
+    fn flush(&mut self) {
+        let mut sent = 0;
+        while sent < self.filled {
+            let fd = self.listen.as_fd();
+            match batch::send_to(fd, self.slots, &IN_ORDER[sent..self.filled]) {
+                Ok(count) => {
+                    for slot in sent..sent + count {
+                        self.count_out(slot, self.slots.meta(slot).count());
+                    }
+                    sent += count;
+                }
+                Err(error) => {
+                    let datagram = *self.slots.meta(sent);
+                    let went = match datagram.segment != 0 && batch::is_gso_unsupported(&error) {
+                        true => batch::send_segments(fd, self.slots, sent, true).unwrap_or(0),
+                        false => 0,
+                    };
+                    self.count_out(sent, went);
+                    if went < datagram.count() {
+                        self.service
+                            .metrics
+                            .udp()
+                            .dropped(UdpDrop::SendFailed, datagram.count() - went);
+                        tracing::trace!(service = self.service.name(), client = %datagram.peer, %error, "udp reply dropped");
+                    }
+                    sent += 1;
+                }
             }
         }
+        self.filled = 0;
     }
-    // Not drained: come back on the next turn.
-    ready.mark(id);
-    PER_FLOW
+
+    /// Counts `count` datagrams of slot `slot` sent to the client.
+    fn count_out(&self, slot: usize, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let len = self.slots.meta(slot).len;
+        if let Some(flow) = self.table.get(self.owners[slot]) {
+            flow.endpoint().datagrams_out(count, len);
+        }
+    }
+}
+
+/// What one receive of a batch got.
+struct Received {
+    /// Datagrams (or trains) now in the slots.
+    count: usize,
+    /// Fewer than asked: the socket's queue was empty, and its readiness is cleared (the next
+    /// [`receive`] registers the waker, or finds what came since).
+    drained: bool,
+}
+
+/// Receives up to `asked` datagrams from `socket` into the slots from `first`, when the
+/// runtime says it is readable (`Pending`, with `cx`'s waker registered, when not).
+fn receive(
+    socket: &UdpSocket,
+    cx: &mut Context<'_>,
+    slots: &mut Slots,
+    first: usize,
+    asked: usize,
+) -> Poll<io::Result<Received>> {
+    if let Err(error) = std::task::ready!(socket.poll_recv_ready(cx)) {
+        return Poll::Ready(Err(error));
+    }
+    let mut count = 0;
+    let result = socket.try_io(Interest::READABLE, || {
+        count = batch::recv(socket.as_fd(), slots, first, asked)?;
+        if count < asked {
+            // A short batch means the queue was empty: saying WouldBlock has the runtime clear
+            // the readiness it reported. One that came since has a newer event, not cleared.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    Poll::Ready(match result {
+        Ok(()) => Ok(Received {
+            count,
+            drained: false,
+        }),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Received {
+            count,
+            drained: true,
+        }),
+        Err(error) => Err(error),
+    })
 }
 
 /// Where a flow of `client` goes in `pool` (not closed); with `avoid`, the next candidate when
@@ -425,7 +666,11 @@ fn usable_pool<'s>(
 /// A new upstream socket to `endpoint`, registered with this worker's runtime.
 fn upstream_socket(service: &ServiceState, endpoint: &Endpoint) -> Result<UdpSocket, UdpDrop> {
     socket::upstream(endpoint.addr())
-        .and_then(UdpSocket::from_std)
+        .and_then(|socket| {
+            // An endpoint that sends trains (GSO) hands them over as one message.
+            batch::enable_gro(socket.as_fd());
+            UdpSocket::from_std(socket)
+        })
         .map_err(|error| {
             // Out of descriptors or memory: not the endpoint's fault.
             tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "cannot create an upstream socket");

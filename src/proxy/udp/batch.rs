@@ -1,0 +1,556 @@
+//! Datagrams in batches: one `recvmmsg` or `sendmmsg` system call moves up to [`SLOTS`]
+//! datagrams, and with UDP GRO and GSO one slot carries a train of equal-size datagrams of one
+//! sender (segments) through one message.
+//!
+//! A [`Slots`] owns [`SLOTS`] buffers of 64 KiB (any UDP payload, or a GRO train, fits one) and
+//! the kernel's message headers for them, allocated once per serve loop: receiving and sending
+//! allocate nothing. The buffers are reserved, not touched: the kernel writes only the pages a
+//! datagram fills, so small datagrams keep the resident memory small.
+//!
+//! GRO (`UDP_GRO`) is asked for on the sockets that receive; where the kernel delivers a train
+//! of segments, [`Datagram::segment`] gives their size, and sending the slot on asks GSO
+//! (`UDP_SEGMENT`) to cut it into the same datagrams again. Where a device cannot segment
+//! ([`is_gso_unsupported`]), [`send_segments`] sends them one by one.
+//!
+//! This is the one module of vipd with `unsafe` code: `recvmmsg`, `sendmmsg` and their
+//! control messages through `libc`. The safe wrappers at hand do not fit a loop that reuses its
+//! headers (nix 0.31's `recvmmsg` never resets the control and name lengths the kernel shrinks,
+//! so a reused header loses the GRO segment size after the first datagram without one, and its
+//! `sendmmsg` shares one control message among all messages of a call; rustix has no
+//! `recvmmsg`). Every header is rewritten here before each call, from buffers this module owns.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr;
+
+/// Datagrams per system call.
+pub const SLOTS: usize = 32;
+/// Bytes per slot: every UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) and every GRO
+/// train (at most 64 KiB) fits, so nothing is truncated.
+pub const SLOT_SIZE: usize = 65_536;
+
+/// Ancillary data of one message: room for one `cmsghdr` with an `int` (`UDP_GRO` in) or a
+/// `u16` (`UDP_SEGMENT` out), 8-byte aligned as `cmsghdr` needs.
+type Control = [u64; 4];
+
+/// What one slot holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram {
+    /// Bytes in the slot.
+    pub len: usize,
+    /// Size of each datagram when the slot holds a GRO train of several (the last may be
+    /// shorter); 0 when it holds one datagram.
+    pub segment: u16,
+    /// The sender of a received datagram; the destination of one sent with [`send_to`] (set
+    /// it with [`Slots::address`]).
+    pub peer: SocketAddr,
+    /// The kernel had more than the slot holds (`MSG_TRUNC`): what the slot has is not the
+    /// datagram, and must not be sent on.
+    pub truncated: bool,
+}
+
+impl Datagram {
+    /// How many datagrams the slot stands for.
+    pub fn count(&self) -> usize {
+        match self.segment {
+            0 => 1,
+            segment => self.len.div_ceil(usize::from(segment)).max(1),
+        }
+    }
+
+    /// Whether the slot holds a train for GSO to cut.
+    fn is_train(&self) -> bool {
+        self.segment != 0 && self.len > usize::from(self.segment)
+    }
+}
+
+const NOWHERE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+/// [`SLOTS`] datagram buffers and the kernel's headers for them.
+pub struct Slots {
+    buffers: Box<[u8]>,
+    meta: [Datagram; SLOTS],
+    headers: Box<[libc::mmsghdr; SLOTS]>,
+    iovecs: Box<[libc::iovec; SLOTS]>,
+    names: Box<[libc::sockaddr_storage; SLOTS]>,
+    controls: Box<[Control; SLOTS]>,
+}
+
+// SAFETY: the raw pointers in `headers` and `iovecs` only ever point into the boxes of the same
+// `Slots`; they are rewritten before every system call (which needs `&mut self`), and nothing
+// reads through them otherwise. Moving a `Slots` to another thread moves what they point at
+// with it.
+unsafe impl Send for Slots {}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots").finish_non_exhaustive()
+    }
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::new()
+    }
+}
+
+impl Slots {
+    /// Empty slots; reserves [`SLOTS`] × [`SLOT_SIZE`] bytes.
+    pub fn new() -> Self {
+        // SAFETY: all-zero bytes are a valid value of these plain C structs (null pointers,
+        // zero lengths, family AF_UNSPEC).
+        let (headers, iovecs, names) = unsafe { (zeroed(), zeroed(), zeroed()) };
+        Slots {
+            // Zeroed by the allocator from fresh pages: untouched pages cost no memory.
+            buffers: vec![0; SLOTS * SLOT_SIZE].into_boxed_slice(),
+            meta: [Datagram {
+                len: 0,
+                segment: 0,
+                peer: NOWHERE,
+                truncated: false,
+            }; SLOTS],
+            headers: Box::new(headers),
+            iovecs: Box::new(iovecs),
+            names: Box::new(names),
+            controls: Box::new([[0; 4]; SLOTS]),
+        }
+    }
+
+    /// What slot `slot` holds.
+    pub fn meta(&self, slot: usize) -> &Datagram {
+        &self.meta[slot]
+    }
+
+    /// The bytes slot `slot` holds.
+    pub fn data(&self, slot: usize) -> &[u8] {
+        let start = slot * SLOT_SIZE;
+        &self.buffers[start..start + self.meta[slot].len]
+    }
+
+    /// Fills slot `slot` with `bytes` for `peer` (one datagram, or a train of `segment`-byte
+    /// datagrams): for tests and benchmarks, which have no socket to receive from.
+    pub fn fill(&mut self, slot: usize, bytes: &[u8], segment: u16, peer: SocketAddr) {
+        let start = slot * SLOT_SIZE;
+        self.buffers[start..start + bytes.len()].copy_from_slice(bytes);
+        self.meta[slot] = Datagram {
+            len: bytes.len(),
+            segment,
+            peer,
+            truncated: false,
+        };
+    }
+
+    /// Sets the destination of slot `slot` for [`send_to`].
+    pub fn address(&mut self, slot: usize, peer: SocketAddr) {
+        self.meta[slot].peer = peer;
+    }
+
+    /// Points header `header` at slot `slot`: its buffer (all of it to receive, the datagram
+    /// to send), its address (`named`) and its control space (`control` bytes).
+    fn prepare(&mut self, header: usize, slot: usize, receive: bool, named: bool, control: usize) {
+        let len = if receive {
+            SLOT_SIZE
+        } else {
+            self.meta[slot].len
+        };
+        self.iovecs[slot] = libc::iovec {
+            // SAFETY: `slot * SLOT_SIZE` is within `buffers` (slot < SLOTS).
+            iov_base: unsafe { self.buffers.as_mut_ptr().add(slot * SLOT_SIZE) }.cast(),
+            iov_len: len,
+        };
+        let hdr = &mut self.headers[header];
+        hdr.msg_len = 0;
+        let msg = &mut hdr.msg_hdr;
+        if named {
+            msg.msg_name = ptr::from_mut(&mut self.names[slot]).cast();
+            msg.msg_namelen = if receive {
+                size_of::<libc::sockaddr_storage>() as libc::socklen_t
+            } else {
+                write_name(&mut self.names[slot], self.meta[slot].peer)
+            };
+        } else {
+            msg.msg_name = ptr::null_mut();
+            msg.msg_namelen = 0;
+        }
+        msg.msg_iov = ptr::from_mut(&mut self.iovecs[slot]);
+        msg.msg_iovlen = 1;
+        if control == 0 {
+            msg.msg_control = ptr::null_mut();
+        } else {
+            msg.msg_control = self.controls[slot].as_mut_ptr().cast();
+        }
+        msg.msg_controllen = control as _;
+        msg.msg_flags = 0;
+    }
+}
+
+/// Receives up to `count` datagrams from `socket` into slots `first..first + count` (within
+/// [`SLOTS`]) without blocking; returns how many arrived (`WouldBlock` when none). One that
+/// did not fit (no datagram, see [`SLOT_SIZE`]) comes back [`Datagram::truncated`].
+pub fn recv(
+    socket: BorrowedFd<'_>,
+    slots: &mut Slots,
+    first: usize,
+    count: usize,
+) -> io::Result<usize> {
+    let count = count.min(SLOTS - first);
+    for i in 0..count {
+        slots.prepare(i, first + i, true, true, size_of::<Control>());
+    }
+    // SAFETY: headers 0..count point at live buffers, names and control space of `slots`,
+    // sized as declared; the kernel writes no further.
+    let received = unsafe {
+        libc::recvmmsg(
+            socket.as_raw_fd(),
+            slots.headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            ptr::null_mut(),
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let received = received as usize;
+    for i in 0..received {
+        let slot = first + i;
+        let hdr = &slots.headers[i];
+        slots.meta[slot] = Datagram {
+            len: hdr.msg_len as usize,
+            segment: gro_segment(&hdr.msg_hdr),
+            peer: read_name(&slots.names[slot], hdr.msg_hdr.msg_namelen).unwrap_or(NOWHERE),
+            truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        };
+    }
+    Ok(received)
+}
+
+/// Sends the datagrams of `order` (slot numbers, at most [`SLOTS`]) on the connected
+/// `socket`, in that order; returns how many went (at least one), or the error of the first.
+/// After a short count, the next one failed: send again from there to learn why.
+pub fn send(socket: BorrowedFd<'_>, slots: &mut Slots, order: &[u8]) -> io::Result<usize> {
+    send_messages(socket, slots, order, false)
+}
+
+/// [`send`] on an unconnected `socket`, each datagram to its slot's `peer`.
+pub fn send_to(socket: BorrowedFd<'_>, slots: &mut Slots, order: &[u8]) -> io::Result<usize> {
+    send_messages(socket, slots, order, true)
+}
+
+fn send_messages(
+    socket: BorrowedFd<'_>,
+    slots: &mut Slots,
+    order: &[u8],
+    named: bool,
+) -> io::Result<usize> {
+    let count = order.len().min(SLOTS);
+    for (header, &slot) in order[..count].iter().enumerate() {
+        let slot = usize::from(slot);
+        let meta = slots.meta[slot];
+        let control = if meta.is_train() {
+            write_segment(&mut slots.controls[slot], meta.segment)
+        } else {
+            0
+        };
+        slots.prepare(header, slot, false, named, control);
+    }
+    // SAFETY: headers 0..count point at live buffers, names and control data of `slots`.
+    let sent = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            slots.headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// Sends the train in slot `slot` one datagram at a time, for a path whose device cannot
+/// segment; returns how many of its datagrams went. Connected when `named` is false.
+pub fn send_segments(
+    socket: BorrowedFd<'_>,
+    slots: &Slots,
+    slot: usize,
+    named: bool,
+) -> io::Result<usize> {
+    let meta = slots.meta[slot];
+    let step = usize::from(meta.segment).max(1);
+    let socket = socket2::SockRef::from(&socket);
+    let peer = socket2::SockAddr::from(meta.peer);
+    let mut sent = 0;
+    for segment in slots.data(slot).chunks(step) {
+        let result = if named {
+            socket.send_to(segment, &peer)
+        } else {
+            socket.send(segment)
+        };
+        match result {
+            Ok(_) => sent += 1,
+            Err(error) if sent == 0 => return Err(error),
+            Err(_) => break,
+        }
+    }
+    Ok(sent)
+}
+
+/// Whether a send error says the path cannot segment a GSO train (no checksum offload on the
+/// device, or a kernel without `UDP_SEGMENT`), so the datagrams must go one by one.
+pub fn is_gso_unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
+}
+
+/// Asks the kernel to deliver trains of one sender's datagrams to `socket` as one (UDP GRO);
+/// false where it cannot.
+pub fn enable_gro(socket: BorrowedFd<'_>) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor and an `int` option value of the declared size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            ptr::from_ref(&on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    result == 0
+}
+
+/// The segment size of a GRO train, from the `UDP_GRO` control message of `msg`; 0 when the
+/// message is one datagram.
+fn gro_segment(msg: &libc::msghdr) -> u16 {
+    if msg.msg_controllen == 0 {
+        return 0;
+    }
+    // SAFETY: `msg` was filled by the kernel: its control pointer and length describe the
+    // control messages it wrote into our control space.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                let size = ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return u16::try_from(size).unwrap_or(0);
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    0
+}
+
+/// Writes a `UDP_SEGMENT` control message of `segment` into `control`; returns its length.
+fn write_segment(control: &mut Control, segment: u16) -> usize {
+    // SAFETY: `control` is 8-byte aligned and 32 bytes long, room for CMSG_SPACE(2) (24 bytes
+    // on 64-bit targets, 16 on 32-bit ones).
+    unsafe {
+        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        debug_assert!(space <= size_of::<Control>());
+        let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+        space
+    }
+}
+
+/// Writes `addr` into `name` as the kernel reads it; returns its length.
+fn write_name(name: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for every sockaddr type.
+            unsafe { ptr::write(ptr::from_mut(name).cast::<libc::sockaddr_in>(), sin) };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { ptr::write(ptr::from_mut(name).cast::<libc::sockaddr_in6>(), sin6) };
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// The address the kernel wrote into `name` (`len` bytes), if it is IPv4 or IPv6.
+fn read_name(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(name.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*ptr::from_ref(name).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*ptr::from_ref(name).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_batch_goes_out_and_comes_in_whole_and_in_order() {
+        let (sender, receiver) = pair();
+        let to = receiver.local_addr().unwrap();
+        let mut slots = Slots::new();
+        let big = vec![7u8; 65_507];
+        slots.fill(0, b"one", 0, to);
+        slots.fill(1, &big, 0, to);
+        slots.fill(2, b"three", 0, to);
+        assert_eq!(send_to(sender.as_fd(), &mut slots, &[0, 1, 2]).unwrap(), 3);
+
+        let mut inbox = Slots::new();
+        receiver.set_nonblocking(true).unwrap();
+        let mut got = 0;
+        // Loopback delivers during the send: everything is queued already.
+        got += recv(receiver.as_fd(), &mut inbox, 0, SLOTS).unwrap();
+        assert_eq!(got, 3);
+        assert_eq!(inbox.data(0), b"one");
+        assert_eq!(inbox.data(1), &big[..]);
+        assert_eq!(inbox.data(2), b"three");
+        for slot in 0..3 {
+            assert_eq!(inbox.meta(slot).peer, sender.local_addr().unwrap());
+            assert_eq!(inbox.meta(slot).count(), 1);
+        }
+        let empty = recv(receiver.as_fd(), &mut inbox, 0, SLOTS).unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_connected_send_follows_the_given_order() {
+        let (sender, receiver) = pair();
+        sender.connect(receiver.local_addr().unwrap()).unwrap();
+        let mut slots = Slots::new();
+        slots.fill(3, b"later", 0, NOWHERE);
+        slots.fill(5, b"first", 0, NOWHERE);
+        assert_eq!(send(sender.as_fd(), &mut slots, &[5, 3]).unwrap(), 2);
+        let mut buf = [0u8; 16];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"first");
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"later");
+    }
+
+    #[test]
+    fn a_gso_train_is_received_as_one_slot_with_gro_and_cut_again_on_the_way_out() {
+        let (sender, proxy) = pair();
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(enable_gro(proxy.as_fd()), "the kernel offers UDP GRO");
+        proxy.set_nonblocking(true).unwrap();
+        // 10 datagrams of 1,400 bytes and one of 600, numbered, as one GSO send.
+        let mut train = Vec::new();
+        for i in 0..11u8 {
+            let len = if i == 10 { 600 } else { 1_400 };
+            train.extend(std::iter::repeat_n(i, len));
+        }
+        let mut out = Slots::new();
+        out.fill(0, &train, 1_400, proxy.local_addr().unwrap());
+        assert_eq!(send_to(sender.as_fd(), &mut out, &[0]).unwrap(), 1);
+
+        let mut slots = Slots::new();
+        let mut received = 0;
+        let mut datagrams = 0;
+        while datagrams < 11 {
+            let n = recv(proxy.as_fd(), &mut slots, received, SLOTS - received).unwrap();
+            for slot in received..received + n {
+                datagrams += slots.meta(slot).count();
+            }
+            received += n;
+        }
+        // Loopback hands a GSO train to a GRO socket whole.
+        assert_eq!((received, slots.meta(0).segment), (1, 1_400));
+        let total: usize = (0..received).map(|s| slots.meta(s).len).sum();
+        assert_eq!(total, train.len());
+
+        // On to the sink, cut into the same datagrams.
+        let sink_addr = sink.local_addr().unwrap();
+        let order: Vec<u8> = (0..received as u8).collect();
+        for slot in 0..received {
+            let meta = *slots.meta(slot);
+            let data = slots.data(slot).to_vec();
+            slots.fill(slot, &data, meta.segment, sink_addr);
+        }
+        assert_eq!(
+            send_to(proxy.as_fd(), &mut slots, &order).unwrap(),
+            received
+        );
+        let mut buf = [0u8; 2_048];
+        for i in 0..11u8 {
+            let n = sink.recv(&mut buf).unwrap();
+            let want = if i == 10 { 600 } else { 1_400 };
+            assert_eq!(n, want, "datagram {i}");
+            assert!(buf[..n].iter().all(|&b| b == i), "datagram {i} intact");
+        }
+    }
+
+    #[test]
+    fn segments_go_one_by_one_when_asked() {
+        let (sender, receiver) = pair();
+        let mut slots = Slots::new();
+        slots.fill(0, &[1u8; 250], 100, receiver.local_addr().unwrap());
+        assert_eq!(send_segments(sender.as_fd(), &slots, 0, true).unwrap(), 3);
+        let mut buf = [0u8; 256];
+        let sizes: Vec<usize> = (0..3).map(|_| receiver.recv(&mut buf).unwrap()).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+    }
+
+    #[test]
+    fn addresses_survive_the_round_trip_through_the_kernel_form() {
+        let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+        for addr in [
+            "127.0.0.1:53".parse::<SocketAddr>().unwrap(),
+            "[::1]:5353".parse().unwrap(),
+            "[fe80::1%2]:1".parse().unwrap(),
+        ] {
+            let len = write_name(&mut name, addr);
+            assert_eq!(read_name(&name, len), Some(addr));
+        }
+    }
+}
