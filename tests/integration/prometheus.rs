@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use vipd::config::HealthCheck;
 use yaml_rust2::YamlLoader;
 
@@ -21,6 +21,7 @@ use crate::support::backend::Behaviour;
 use crate::support::harness::with_health;
 use crate::support::http::get;
 use crate::support::process::describe;
+use crate::support::udp::{UdpEcho, udp_service};
 use crate::support::{Backend, GUARD, Running, echo_round_trip, service, within};
 
 /// A file of this repository.
@@ -63,13 +64,15 @@ async fn round_trip(vip: SocketAddr) {
     echo_round_trip(&mut stream, b"ping").await;
 }
 
-/// A vipd with an admin server and two services whose names start with `prefix`:
-/// `PREFIX-live` (an echo backend, TCP health checks) carrying `connections` round trips, and
-/// `PREFIX-dead` (one endpoint with nothing listening, no checks) that one client tried, so
-/// every kind of metric has a series: connect failures, failed client connections, the
-/// connect-time histogram, health checks.
-async fn vipd_after_traffic(prefix: &str, connections: usize) -> (Running, Backend) {
+/// A vipd with an admin server and three services whose names start with `prefix`:
+/// `PREFIX-live` (an echo backend, TCP health checks) carrying `connections` round trips,
+/// `PREFIX-dead` (one endpoint with nothing listening, no checks) that one client tried, and
+/// `PREFIX-udp` (a UDP echo) with one datagram round trip, so every kind of metric has a
+/// series: connect failures, failed client connections, the connect-time histogram, health
+/// checks, UDP flows, datagrams and drops. Also returns the backends, to keep them running.
+async fn vipd_after_traffic(prefix: &str, connections: usize) -> (Running, (Backend, UdpEcho)) {
     let echo = Backend::start("echo", Behaviour::Echo).await;
+    let udp_echo = UdpEcho::start().await;
     let dead = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
@@ -80,7 +83,11 @@ async fn vipd_after_traffic(prefix: &str, connections: usize) -> (Running, Backe
         Duration::from_millis(200),
     );
     let vipd = Running::start(
-        vec![live, service(&format!("{prefix}-dead"), &[dead])],
+        vec![
+            live,
+            service(&format!("{prefix}-dead"), &[dead]),
+            udp_service(&format!("{prefix}-udp"), &[udp_echo.addr]),
+        ],
         true,
     )
     .await;
@@ -94,7 +101,18 @@ async fn vipd_after_traffic(prefix: &str, connections: usize) -> (Running, Backe
         .unwrap();
     let mut rest = Vec::new();
     let _ = within("vipd to close the client", refused.read_to_end(&mut rest)).await;
-    (vipd, echo)
+    // One UDP flow: the echo's reply has come back through vipd.
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client
+        .send_to(b"ping", vipd.addr(&format!("{prefix}-udp")))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = within("the UDP echo through vipd", client.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"ping");
+    (vipd, (echo, udp_echo))
 }
 
 async fn scrape(vipd: &Running) -> String {
@@ -257,6 +275,9 @@ fn dashboard_and_alerts_cover_what_operators_watch() {
         "vipd_connect_duration_seconds_bucket",
         "vipd_connect_failures_total",
         "vipd_connections_failed_total",
+        "vipd_udp_flows",
+        "vipd_datagrams_total",
+        "vipd_udp_flows_dropped_total",
     ] {
         assert!(named.contains(wanted), "the dashboard shows no {wanted}");
     }
@@ -267,6 +288,8 @@ fn dashboard_and_alerts_cover_what_operators_watch() {
         "VipdServiceNoHealthyEndpoint",
         "VipdConnectFailures",
         "VipdConfigReloadFailed",
+        "VipdUdpFlowLimit",
+        "VipdUdpNoEndpoint",
     ] {
         assert!(alerts.iter().any(|a| a == wanted), "no alert {wanted}");
     }
