@@ -595,7 +595,7 @@ pub fn summary(service: &Service) -> String {
         })
         .collect();
     let check = if service.health.check == HealthCheck::None && service.is_udp_only() {
-        // UDP ports are not probed yet: such a service defaults to no checks.
+        // A service whose ports are all UDP defaults to no checks: say why there are none.
         "none (udp)".to_owned()
     } else {
         check_summary(&service.health)
