@@ -9,6 +9,11 @@
 //! - `udp_flow_open_close`: a flow's bookkeeping from start to end (the count against
 //!   `max_udp_flows`, the endpoint's flow count and gauge, the table entry), without its socket.
 //!
+//! - `udp_loopback_32/…`: 32 datagrams through real loopback sockets, sent and received:
+//!   `one_by_one` (32 `sendto` and 32 `recvfrom`, as a loop without batches), `batched` (one
+//!   `sendmmsg` and one `recvmmsg`, as vipd's loop), 100 bytes each; and for 1,400-byte
+//!   datagrams `batched_1400` against `gso_gro_1400` (one GSO train, received whole by GRO).
+//!
 //! Client addresses are visited in a scattered order so the table's cache misses count. The
 //! Prometheus recorder is installed so counters cost what they cost in vipd.
 //! Run with `cargo bench --bench udp`.
@@ -18,7 +23,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+use std::os::fd::AsFd;
+
 use criterion::{Criterion, criterion_group, criterion_main};
+use vipd::proxy::udp::batch::{self, SLOTS, Slots};
 use vipd::proxy::udp::flows::{FlowTable, Route};
 use vipd::proxy::udp::ready::ReadySet;
 
@@ -138,5 +146,74 @@ fn open_close(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, lookup, datagram_in, datagram_out, open_close);
+/// Two loopback sockets: a sender and a non-blocking receiver (with GRO when `gro`).
+fn loopback_pair(gro: bool) -> (std::net::UdpSocket, std::net::UdpSocket) {
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    if gro {
+        assert!(batch::enable_gro(receiver.as_fd()), "UDP GRO");
+    }
+    receiver.set_nonblocking(true).expect("non-blocking");
+    (sender, receiver)
+}
+
+/// Receives until `datagrams` datagrams (segments counted) came; loopback has them queued by
+/// the time the send returns.
+fn receive_all(receiver: &std::net::UdpSocket, slots: &mut Slots, datagrams: usize) {
+    let mut got = 0;
+    while got < datagrams {
+        let n = batch::recv(receiver.as_fd(), slots, 0, SLOTS).expect("queued on loopback");
+        got += (0..n).map(|slot| slots.meta(slot).count()).sum::<usize>();
+    }
+}
+
+fn loopback(c: &mut Criterion) {
+    let order: Vec<u8> = (0..SLOTS as u8).collect();
+    for (name, len) in [("one_by_one", 100), ("batched", 100), ("batched_1400", 1_400)] {
+        let (sender, receiver) = loopback_pair(false);
+        let to = receiver.local_addr().expect("bound");
+        let mut out = Slots::new();
+        for slot in 0..SLOTS {
+            out.fill(slot, &vec![slot as u8; len], 0, to);
+        }
+        let mut inbox = Slots::new();
+        let mut buf = [0u8; 2_048];
+        c.bench_function(&format!("udp_loopback_32/{name}"), |b| {
+            b.iter(|| {
+                if name == "one_by_one" {
+                    for slot in 0..SLOTS {
+                        sender.send_to(out.data(slot), to).expect("send");
+                    }
+                    for _ in 0..SLOTS {
+                        black_box(receiver.recv_from(&mut buf).expect("queued on loopback"));
+                    }
+                } else {
+                    let sent = batch::send_to(sender.as_fd(), &mut out, &order).expect("send");
+                    assert_eq!(sent, SLOTS);
+                    receive_all(&receiver, &mut inbox, SLOTS);
+                }
+            })
+        });
+    }
+    let (sender, receiver) = loopback_pair(true);
+    let to = receiver.local_addr().expect("bound");
+    let mut out = Slots::new();
+    out.fill(0, &vec![7u8; SLOTS * 1_400], 1_400, to);
+    let mut inbox = Slots::new();
+    c.bench_function("udp_loopback_32/gso_gro_1400", |b| {
+        b.iter(|| {
+            assert_eq!(batch::send_to(sender.as_fd(), &mut out, &[0]).expect("send"), 1);
+            receive_all(&receiver, &mut inbox, SLOTS);
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    lookup,
+    datagram_in,
+    datagram_out,
+    open_close,
+    loopback
+);
 criterion_main!(benches);
