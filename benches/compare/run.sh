@@ -423,6 +423,13 @@ for target in "${TARGETS[@]}"; do
       exit 1
     fi
   done
+  # vipd and nginx bind their UDP ports (DNS, bulk) whatever the workloads.
+  [[ $target == haproxy* ]] || for port in "$DNS_PORT" "$BULK_PORT"; do
+    if ss -Hlun "sport = :$port" | grep -q "${PROXY_IP[$target]}:$port"; then
+      echo "udp ${PROXY_IP[$target]}:$port is already in use by another process" >&2
+      exit 1
+    fi
+  done
   start_proxy "$target"
   PID_OF[$target]=$PROXY_PID
   PROXIES+=("$target")
