@@ -30,6 +30,9 @@ ROWS = [
     ("udp_qps", "udp (dnsperf → 3 nsd), queries/s", 0),
     ("udp_lost", "udp, queries lost", 0),
     ("udp_cpu_us_per_query", "udp, proxy CPU-µs per query", 2),
+    ("udp_bulk_dgrams_per_s", "udp bulk (iperf3 -u, 8 flows, 1,400-byte datagrams), datagrams/s received", 0),
+    ("udp_bulk_lost", "udp bulk, datagrams lost", 0),
+    ("udp_bulk_cpu_us_per_dgram", "udp bulk, proxy CPU-µs per datagram received", 2),
     ("idle_kib_per_conn", f"idle: RSS per connection, KiB ({os.environ.get('IDLE_CONNS', '5000')} idle connections)", 2),
 ]
 

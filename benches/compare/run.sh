@@ -3,15 +3,18 @@
 # each proxy with 2 worker threads, round robin over the same 3 loopback backends, health checks
 # on where the proxy has them. Workloads: bulk (iperf3, 1 and 8 streams, through a one-backend
 # service), rr and crr (wrk against nginx backends), idle (N idle connections, RSS per
-# connection), udp (dnsperf through the proxy to three nsd servers; HAProxy has no UDP, so only
-# direct, vipd and nginx run it). Proxy CPU is utime+stime of the proxy's processes from /proc/PID/stat, before and
-# after each workload. Every proxy runs throughout, and the timed workloads are interleaved in
-# rounds whose target order rotates. Prints a markdown table of medians over RUNS rounds.
+# connection), udp (dnsperf through the proxy to three nsd servers), udp-bulk (iperf3 -u: 8 flows
+# of 1,400-byte datagrams at full rate through a one-backend service, its control connection
+# through the bulk service; datagrams received per second, lost, proxy CPU per datagram).
+# HAProxy has no UDP, so only direct, vipd and nginx run udp and udp-bulk. Proxy CPU is
+# utime+stime of the proxy's processes from /proc/PID/stat, before and after each workload.
+# Every proxy runs throughout, and the timed workloads are interleaved in rounds whose target
+# order rotates. Prints a markdown table of medians over RUNS rounds.
 #
 # Usage (as root, from anywhere): benches/compare/run.sh
 # Environment: RUNS rounds (5), DURATION seconds per timed workload (3), IDLE_CONNS (5000),
 #              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
-#              WORKLOADS (subset of "idle bulk rr crr udp"),
+#              WORKLOADS (subset of "idle bulk rr crr udp udp-bulk"),
 #              VIPD (path to a vipd binary; default: cargo build --release).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
 # is stopped by its PID on exit. Takes about 6 minutes with the defaults.
@@ -33,7 +36,7 @@ DNS_PORT=5353
 declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
   [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
 read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
-read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp udp-bulk}"
 wants() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
 
 log() { echo "[$(date +%T)] $*" >&2; }
@@ -217,6 +220,14 @@ check = "tcp"
 port = $HTTP_PORT
 period = "1s"
 
+# iperf3 -u's datagrams; its TCP control connection goes through "bulk", to the same server.
+# UDP ports are not probed, so no checks.
+[[service]]
+name = "bulk-udp"
+vip = "$ip"
+ports = [{ port = $BULK_PORT, protocol = "udp" }]
+endpoints = ["${BACKENDS[0]}:$BULK_PORT"]
+
 # No active checks, as nginx has none.
 [[service]]
 name = "dns"
@@ -271,6 +282,11 @@ EOF
     echo "  server { listen $ip:$DNS_PORT udp reuseport; proxy_pass dns; proxy_responses 1; }"
     echo "  server { listen $ip:$HTTP_PORT backlog=4096; proxy_pass http; }"
     echo "  server { listen $ip:$BULK_PORT; proxy_pass bulk; }"
+    # A one-way stream: proxy_responses left unset (no limit), so a session lasts until
+    # proxy_timeout passes without a datagram (30 s, vipd's default udp_idle_timeout).
+    # proxy_responses 0 would end the session after every datagram, each next one opening a
+    # new upstream socket (and iperf3's server, connected to the first, would drop them).
+    echo "  server { listen $ip:$BULK_PORT udp reuseport; proxy_pass bulk; proxy_timeout 30s; }"
     echo "}"
   } >"$WORK/nginx/nginx.conf"
 }
@@ -347,6 +363,29 @@ udp() {
   return 0
 }
 
+# udp-bulk: iperf3 -u, 8 flows (client sockets) of 1,400-byte datagrams at full rate (-b 0)
+# through the proxy to the iperf3 server. What counts is what reached the server: the datagrams
+# it received per second, the ones sent but never received, and the proxy's CPU per datagram
+# received.
+udp_bulk() {
+  local target=$1 pid=$2 ip=${PROXY_IP[$1]} before after out received lost rate
+  case $target in haproxy*) return 0 ;; esac
+  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  out=$(timeout $((DURATION + 20)) iperf3 -c "$ip" -p "$BULK_PORT" -u -l 1400 -b 0 -P 8 \
+    -t "$DURATION" -J)
+  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  read -r received lost rate < <(python3 -c '
+import json, sys
+end = json.load(sys.stdin)["end"]
+got = end["sum_received"]["bytes"] // 1400
+print(got, end["sum_sent"]["packets"] - got, got / end["sum_received"]["seconds"])' <<<"$out")
+  record "$target" udp_bulk_dgrams_per_s "$rate"
+  record "$target" udp_bulk_lost "$lost"
+  [ -n "$pid" ] && [ "$received" -gt 0 ] && record "$target" udp_bulk_cpu_us_per_dgram \
+    "$(python3 -c "print(($after - $before) / $TICKS * 1e6 / $received)")"
+  return 0
+}
+
 # Established connections on the backends' http port (the backend side of each).
 backend_conns() { ss -Htn state established "sport = :$HTTP_PORT" | grep -c "127.0.0.7[123]:$HTTP_PORT" || true; }
 
@@ -384,6 +423,13 @@ for target in "${TARGETS[@]}"; do
       exit 1
     fi
   done
+  # vipd and nginx bind their UDP ports (DNS, bulk) whatever the workloads.
+  [[ $target == haproxy* ]] || for port in "$DNS_PORT" "$BULK_PORT"; do
+    if ss -Hlun "sport = :$port" | grep -q "${PROXY_IP[$target]}:$port"; then
+      echo "udp ${PROXY_IP[$target]}:$port is already in use by another process" >&2
+      exit 1
+    fi
+  done
   start_proxy "$target"
   PID_OF[$target]=$PROXY_PID
   PROXIES+=("$target")
@@ -392,6 +438,7 @@ for target in "${PROXIES[@]}"; do
   wait_listening "${PROXY_IP[$target]}" "$HTTP_PORT"
   wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
   if wants udp && [[ $target != haproxy* ]]; then wait_udp "${PROXY_IP[$target]}" "$DNS_PORT"; fi
+  if wants udp-bulk && [[ $target != haproxy* ]]; then wait_udp "${PROXY_IP[$target]}" "$BULK_PORT"; fi
 done
 sleep 1.5 # first round of health checks
 alive() {
@@ -417,7 +464,7 @@ round_order() {
   local n=${#TARGETS[@]} k=$(($1 % ${#TARGETS[@]}))
   echo "${TARGETS[@]:k:n-k}" "${TARGETS[@]:0:k}"
 }
-for workload in bulk rr crr udp; do
+for workload in bulk rr crr udp udp-bulk; do
   wants "$workload" || continue
   for RUN in $(seq "$RUNS"); do
     log "$workload, round $RUN/$RUNS"
@@ -431,6 +478,7 @@ for workload in bulk rr crr udp; do
         rr) http rr "$target" "$pid" ;;
         crr) http crr "$target" "$pid" -H "Connection: close" ;;
         udp) udp "$target" "$pid" ;;
+        udp-bulk) udp_bulk "$target" "$pid" ;;
       esac
     done
   done
