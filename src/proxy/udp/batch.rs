@@ -9,7 +9,10 @@
 //!
 //! GRO (`UDP_GRO`) is asked for on the sockets that receive; where the kernel delivers a train
 //! of segments, [`Datagram::segment`] gives their size, and sending the slot on asks GSO
-//! (`UDP_SEGMENT`) to cut it into the same datagrams again. Where a device cannot segment
+//! (`UDP_SEGMENT`) to cut it into the same datagrams again. Sending also makes trains of its own:
+//! consecutive datagrams of one length (the last may be shorter) to one peer go as one message
+//! that GSO cuts (gathered from their slots, not copied), so the kernel walks its stack once per
+//! train instead of once per datagram; the receiver gets the same datagrams either way. Where a device cannot segment
 //! ([`is_gso_unsupported`]), [`send_segments`] sends them one by one.
 //!
 //! This is the one module of vipd with `unsafe` code: `recvmmsg`, `sendmmsg` and their
@@ -31,6 +34,14 @@ pub const SLOTS: usize = 32;
 /// Bytes per slot: every UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) and every GRO
 /// train (at most 64 KiB) fits, so nothing is truncated.
 pub const SLOT_SIZE: usize = 65_536;
+
+/// The largest datagram sent in a GSO train of vipd's own making: the kernel refuses a segment
+/// larger than the path's MTU allows, and 1,452 bytes fit any Ethernet path (1,500 less the
+/// IPv6 and UDP headers). Larger datagrams go one per message.
+const COALESCE_MAX: usize = 1_452;
+/// Payload bytes of one train at most: a GSO message is one UDP datagram to the kernel, whose
+/// length field is 16 bits.
+const TRAIN_MAX_BYTES: usize = 65_000;
 
 /// Ancillary data of one message: room for one `cmsghdr` with an `int` (`UDP_GRO` in) or a
 /// `u16` (`UDP_SEGMENT` out), 8-byte aligned as `cmsghdr` needs.
@@ -77,6 +88,9 @@ pub struct Slots {
     iovecs: Box<[libc::iovec; SLOTS]>,
     names: Box<[libc::sockaddr_storage; SLOTS]>,
     controls: Box<[Control; SLOTS]>,
+    /// Consecutive equal-size datagrams to one peer go as one GSO train (until a path
+    /// refuses one).
+    coalesce: bool,
 }
 
 // SAFETY: the raw pointers in `headers` and `iovecs` only ever point into the boxes of the same
@@ -116,6 +130,7 @@ impl Slots {
             iovecs: Box::new(iovecs),
             names: Box::new(names),
             controls: Box::new([[0; 4]; SLOTS]),
+            coalesce: true,
         }
     }
 
@@ -148,42 +163,101 @@ impl Slots {
         self.meta[slot].peer = peer;
     }
 
-    /// Points header `header` at slot `slot`: its buffer (all of it to receive, the datagram
-    /// to send), its address (`named`) and its control space (`control` bytes).
-    fn prepare(&mut self, header: usize, slot: usize, receive: bool, named: bool, control: usize) {
-        let len = if receive {
-            SLOT_SIZE
-        } else {
-            self.meta[slot].len
-        };
-        self.iovecs[slot] = libc::iovec {
+    /// Points header `header` at all of slot `slot`, its name and its control space, to
+    /// receive.
+    fn prepare_receive(&mut self, header: usize, slot: usize) {
+        self.iovecs[header] = libc::iovec {
             // SAFETY: `slot * SLOT_SIZE` is within `buffers` (slot < SLOTS).
             iov_base: unsafe { self.buffers.as_mut_ptr().add(slot * SLOT_SIZE) }.cast(),
-            iov_len: len,
+            iov_len: SLOT_SIZE,
+        };
+        let control = size_of::<Control>();
+        let hdr = &mut self.headers[header];
+        hdr.msg_len = 0;
+        let msg = &mut hdr.msg_hdr;
+        msg.msg_name = ptr::from_mut(&mut self.names[slot]).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = ptr::from_mut(&mut self.iovecs[header]);
+        msg.msg_iovlen = 1;
+        msg.msg_control = self.controls[slot].as_mut_ptr().cast();
+        msg.msg_controllen = control as _;
+        msg.msg_flags = 0;
+    }
+
+    /// Points header `header` at the datagrams of `slots` (gathered through the iovecs from
+    /// `gather`), to go to `peer` (or the connected peer), cut by GSO into `segment`-byte
+    /// datagrams when given.
+    fn prepare_send(
+        &mut self,
+        header: usize,
+        slots: &[u8],
+        gather: usize,
+        peer: Option<SocketAddr>,
+        segment: Option<u16>,
+    ) {
+        for (i, &slot) in slots.iter().enumerate() {
+            let slot = usize::from(slot);
+            self.iovecs[gather + i] = libc::iovec {
+                // SAFETY: `slot * SLOT_SIZE` is within `buffers` (slot < SLOTS).
+                iov_base: unsafe { self.buffers.as_mut_ptr().add(slot * SLOT_SIZE) }.cast(),
+                iov_len: self.meta[slot].len,
+            };
+        }
+        let control = match segment {
+            Some(segment) => write_segment(&mut self.controls[header], segment),
+            None => 0,
         };
         let hdr = &mut self.headers[header];
         hdr.msg_len = 0;
         let msg = &mut hdr.msg_hdr;
-        if named {
-            msg.msg_name = ptr::from_mut(&mut self.names[slot]).cast();
-            msg.msg_namelen = if receive {
-                size_of::<libc::sockaddr_storage>() as libc::socklen_t
-            } else {
-                write_name(&mut self.names[slot], self.meta[slot].peer)
-            };
-        } else {
-            msg.msg_name = ptr::null_mut();
-            msg.msg_namelen = 0;
+        match peer {
+            Some(peer) => {
+                msg.msg_namelen = write_name(&mut self.names[header], peer);
+                msg.msg_name = ptr::from_mut(&mut self.names[header]).cast();
+            }
+            None => {
+                msg.msg_name = ptr::null_mut();
+                msg.msg_namelen = 0;
+            }
         }
-        msg.msg_iov = ptr::from_mut(&mut self.iovecs[slot]);
-        msg.msg_iovlen = 1;
+        msg.msg_iov = ptr::from_mut(&mut self.iovecs[gather]);
+        msg.msg_iovlen = slots.len() as _;
         if control == 0 {
             msg.msg_control = ptr::null_mut();
         } else {
-            msg.msg_control = self.controls[slot].as_mut_ptr().cast();
+            msg.msg_control = self.controls[header].as_mut_ptr().cast();
         }
         msg.msg_controllen = control as _;
         msg.msg_flags = 0;
+    }
+
+    /// How many of the datagrams at the start of `order` can go as one GSO train: equal
+    /// lengths (the last may be shorter), one peer, within the size limits; 1 when none can.
+    fn train_length(&self, order: &[u8], named: bool) -> usize {
+        let first = self.meta[usize::from(order[0])];
+        if !self.coalesce || first.is_train() || first.len == 0 || first.len > COALESCE_MAX {
+            return 1;
+        }
+        let mut total = first.len;
+        let mut count = 1;
+        for &slot in &order[1..] {
+            let next = self.meta[usize::from(slot)];
+            if next.is_train()
+                || next.len == 0
+                || next.len > first.len
+                || (named && next.peer != first.peer)
+                || total + next.len > TRAIN_MAX_BYTES
+            {
+                break;
+            }
+            total += next.len;
+            count += 1;
+            if next.len < first.len {
+                // Only the last segment of a train may be shorter.
+                break;
+            }
+        }
+        count
     }
 }
 
@@ -198,7 +272,7 @@ pub fn recv(
 ) -> io::Result<usize> {
     let count = count.min(SLOTS - first);
     for i in 0..count {
-        slots.prepare(i, first + i, true, true, size_of::<Control>());
+        slots.prepare_receive(i, first + i);
     }
     // SAFETY: headers 0..count point at live buffers, names and control space of `slots`,
     // sized as declared; the kernel writes no further.
@@ -246,30 +320,47 @@ fn send_messages(
     order: &[u8],
     named: bool,
 ) -> io::Result<usize> {
-    let count = order.len().min(SLOTS);
-    for (header, &slot) in order[..count].iter().enumerate() {
-        let slot = usize::from(slot);
-        let meta = slots.meta[slot];
-        let control = if meta.is_train() {
-            write_segment(&mut slots.controls[slot], meta.segment)
+    let order = &order[..order.len().min(SLOTS)];
+    // Datagrams in each message, by header.
+    let mut sizes = [0u8; SLOTS];
+    let (mut messages, mut gathered) = (0, 0);
+    while gathered < order.len() {
+        let rest = &order[gathered..];
+        let count = slots.train_length(rest, named);
+        let first = slots.meta[usize::from(rest[0])];
+        let segment = if count > 1 {
+            Some(first.len as u16)
+        } else if first.is_train() {
+            Some(first.segment)
         } else {
-            0
+            None
         };
-        slots.prepare(header, slot, false, named, control);
+        let peer = named.then_some(first.peer);
+        slots.prepare_send(messages, &rest[..count], gathered, peer, segment);
+        sizes[messages] = count as u8;
+        messages += 1;
+        gathered += count;
     }
-    // SAFETY: headers 0..count point at live buffers, names and control data of `slots`.
+    // SAFETY: headers 0..messages point at live buffers, names, iovecs and control data of
+    // `slots`.
     let sent = unsafe {
         libc::sendmmsg(
             socket.as_raw_fd(),
             slots.headers.as_mut_ptr(),
-            count as libc::c_uint,
+            messages as libc::c_uint,
             libc::MSG_DONTWAIT,
         )
     };
     if sent < 0 {
-        return Err(io::Error::last_os_error());
+        let error = io::Error::last_os_error();
+        if sizes[0] > 1 && is_gso_unsupported(&error) {
+            // A train of vipd's own making that the path cannot cut: no more of them here.
+            slots.coalesce = false;
+            return send_messages(socket, slots, order, named);
+        }
+        return Err(error);
     }
-    Ok(sent as usize)
+    Ok(sizes[..sent as usize].iter().map(|&n| usize::from(n)).sum())
 }
 
 /// Sends the train in slot `slot` one datagram at a time, for a path whose device cannot
@@ -528,6 +619,66 @@ mod tests {
             assert_eq!(n, want, "datagram {i}");
             assert!(buf[..n].iter().all(|&b| b == i), "datagram {i} intact");
         }
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_peer_go_as_one_train_and_arrive_as_they_were() {
+        let (sender, gro) = pair();
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(enable_gro(gro.as_fd()));
+        gro.set_nonblocking(true).unwrap();
+        let (to_gro, to_plain) = (gro.local_addr().unwrap(), plain.local_addr().unwrap());
+        let mut out = Slots::new();
+        // Slots 0-3: 100, 100, 100, 40 bytes to the GRO socket (one train); slot 4: 100 bytes
+        // to the plain one; slots 5-6: 60 then 100 bytes to it (a longer one ends a train).
+        for (slot, (len, to)) in [
+            (100, to_gro),
+            (100, to_gro),
+            (100, to_gro),
+            (40, to_gro),
+            (100, to_plain),
+            (60, to_plain),
+            (100, to_plain),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.fill(slot, &vec![slot as u8; len], 0, to);
+        }
+        assert_eq!(out.train_length(&[0, 1, 2, 3, 4], true), 4);
+        assert_eq!(out.train_length(&[5, 6], true), 1);
+        assert_eq!(
+            send_to(sender.as_fd(), &mut out, &[0, 1, 2, 3, 4, 5, 6]).unwrap(),
+            7
+        );
+
+        let mut inbox = Slots::new();
+        assert_eq!(
+            recv(gro.as_fd(), &mut inbox, 0, SLOTS).unwrap(),
+            1,
+            "one train"
+        );
+        assert_eq!((inbox.meta(0).len, inbox.meta(0).segment), (340, 100));
+        let expected: Vec<u8> = (0..4u8)
+            .flat_map(|i| std::iter::repeat_n(i, if i == 3 { 40 } else { 100 }))
+            .collect();
+        assert_eq!(inbox.data(0), &expected[..]);
+        // A socket without GRO gets each datagram on its own, in order.
+        let mut buf = [0u8; 256];
+        for (slot, len) in [(4u8, 100), (5, 60), (6, 100)] {
+            let n = plain.recv(&mut buf).unwrap();
+            assert_eq!(n, len);
+            assert!(buf[..n].iter().all(|&b| b == slot));
+        }
+    }
+
+    #[test]
+    fn large_datagrams_are_not_put_in_trains() {
+        let mut out = Slots::new();
+        let to = "127.0.0.1:9".parse().unwrap();
+        out.fill(0, &[0; 1_453], 0, to);
+        out.fill(1, &[0; 1_453], 0, to);
+        assert_eq!(out.train_length(&[0, 1], true), 1);
     }
 
     #[test]
