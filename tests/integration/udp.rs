@@ -365,6 +365,64 @@ async fn a_65507_byte_datagram_arrives_whole_both_ways() {
 }
 
 #[tokio::test]
+async fn a_gso_train_from_a_client_reaches_the_endpoint_as_its_datagrams_and_back() {
+    use std::os::fd::AsFd;
+    use vipd::proxy::udp::batch::{self, Slots};
+
+    let echo = UdpEcho::start().await;
+    let vipd = Running::start(vec![udp_service("udp-gso", &[echo.addr])], false).await;
+    let vip = vipd.addr("udp-gso");
+    // Ten datagrams of 1,000 bytes and one of 300, numbered, sent as one GSO message.
+    let sizes: Vec<usize> = (0..11).map(|i| if i == 10 { 300 } else { 1_000 }).collect();
+    let train: Vec<u8> = sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &len)| std::iter::repeat_n(i as u8, len))
+        .collect();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut out = Slots::new();
+    out.fill(0, &train, 1_000, vip);
+    assert_eq!(batch::send_to(client.as_fd(), &mut out, &[0]).unwrap(), 1);
+
+    // The echo (no GRO) answered each datagram on its own; each came back whole and in order.
+    let client = UdpSocket::from_std({
+        client.set_nonblocking(true).unwrap();
+        client
+    })
+    .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    for (i, &len) in sizes.iter().enumerate() {
+        let (n, from) = within("an echoed datagram", client.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!((n, from), (len, vip), "datagram {i}");
+        assert!(
+            buf[..n].iter().all(|&b| b == i as u8),
+            "datagram {i} intact"
+        );
+    }
+    let labels = |direction| {
+        [
+            ("service", "udp-gso".to_owned()),
+            ("endpoint", echo.addr.to_string()),
+            ("direction", direction),
+        ]
+    };
+    // Counted once the send returned, which may be just after the client got the datagram.
+    for direction in ["in", "out"] {
+        let labels = labels(direction.to_owned());
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        poll_until(&format!("11 datagrams counted {direction}"), || async {
+            match metric("vipd_datagrams_total", &labels) {
+                Some(11.0) => Ok(()),
+                seen => Err(format!("{seen:?}")),
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn an_ipv6_vip_serves_udp_to_ipv4_endpoints() {
     let servers = named(&["a"]).await;
     let mut service = udp_service("udp-v6", &addrs(&servers));
