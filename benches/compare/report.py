@@ -6,10 +6,12 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGETS = ["direct", "vipd", "haproxy", "haproxy-splice", "nginx"]
+TARGETS = ["direct", "vipd", "vipd-mio", "vipd-uring", "haproxy", "haproxy-splice", "nginx"]
 HEADERS = {
     "direct": "direct",
     "vipd": "vipd",
+    "vipd-mio": "vipd (mio loop)",
+    "vipd-uring": "vipd (io_uring loop)",
     "haproxy": "HAProxy tcp",
     "haproxy-splice": "HAProxy + splice-auto",
     "nginx": "nginx stream",
@@ -43,6 +45,9 @@ with open(sys.argv[1]) as f:
         run, target, metric, value = line.split("\t")
         runs.add(run)
         values[(target, metric)].append(float(value))
+
+# Only the targets that ran.
+TARGETS = [t for t in TARGETS if any(target == t for target, _ in values)]
 
 print(f"Medians of {len(runs)} rounds.\n")
 print("| figure | " + " | ".join(HEADERS[t] for t in TARGETS) + " |")

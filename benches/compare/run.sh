@@ -13,7 +13,8 @@
 #
 # Usage (as root, from anywhere): benches/compare/run.sh
 # Environment: RUNS rounds (5), DURATION seconds per timed workload (3), IDLE_CONNS (5000),
-#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
+#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx", plus the data-plane
+#              spikes "vipd-mio" and "vipd-uring"),
 #              WORKLOADS (subset of "idle bulk rr crr udp udp-bulk"),
 #              VIPD (path to a vipd binary; default: cargo build --release).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
@@ -33,7 +34,10 @@ BACKENDS=(127.0.0.71 127.0.0.72 127.0.0.73)
 HTTP_PORT=8080
 BULK_PORT=5201
 DNS_PORT=5353
-declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
+# vipd-mio and vipd-uring: the same vipd binary and config with the TCP data plane of a spike
+# (VIPD_DATA_PLANE, src/proxy/spike/); not in the default TARGETS.
+declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [vipd-mio]=127.0.0.85
+  [vipd-uring]=127.0.0.86 [haproxy]=127.0.0.82
   [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
 read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
 read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp udp-bulk}"
@@ -298,6 +302,12 @@ start_proxy() {
   case $1 in
     direct) return 0 ;;
     vipd) "$VIPD" run --config "$WORK/vipd.toml" >"$WORK/vipd.log" 2>&1 & ;;
+    vipd-mio | vipd-uring)
+      local plane=${1#vipd-}
+      [ "$plane" = uring ] && plane=io_uring
+      sed "s/${PROXY_IP[vipd]}/${PROXY_IP[$1]}/g" "$WORK/vipd.toml" >"$WORK/$1.toml"
+      VIPD_DATA_PLANE=$plane "$VIPD" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
+      ;;
     haproxy | haproxy-splice) haproxy -db -f "$WORK/$1.cfg" >"$WORK/$1.log" 2>&1 & ;;
     nginx) nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
       -g 'daemon off;' >"$WORK/nginx.log" 2>&1 & ;;

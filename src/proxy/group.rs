@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::spike::DataPlane;
 use super::workers::Workers;
 use super::{listener, tcp, udp};
 use crate::config::Protocol;
@@ -76,6 +77,10 @@ impl SocketGroup {
                 .into_iter()
                 .enumerate()
                 .map(|(index, socket)| {
+                    // Checked at startup; a spike's loop serves the socket instead when chosen.
+                    match DataPlane::from_env().unwrap_or(DataPlane::Tokio) {
+                        DataPlane::Tokio => {}
+                    }
                     let accept_loop = tcp::serve(
                         socket,
                         Arc::clone(service),

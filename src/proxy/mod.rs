@@ -9,12 +9,14 @@
 //! - [`udp`]: UDP flows: the serve loop, the flow table, the sockets.
 //! - [`workers`]: the threads connections run on, one runtime and one listening socket each.
 //! - `splice` and `pipe_pool` (Linux): zero-copy forwarding of bulk flows through pooled pipes.
+//! - [`spike`]: alternative TCP data-plane loops under evaluation (`VIPD_DATA_PLANE`).
 
 pub mod copy;
 pub mod group;
 pub mod listener;
 #[cfg(target_os = "linux")]
 pub mod pipe_pool;
+pub mod spike;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tcp;
