@@ -5,8 +5,11 @@
 # service), rr and crr (wrk against nginx backends), idle (N idle connections, RSS per
 # connection), udp (dnsperf through the proxy to three nsd servers), udp-bulk (iperf3 -u: 8 flows
 # of 1,400-byte datagrams at full rate through a one-backend service, its control connection
-# through the bulk service; datagrams received per second, lost, proxy CPU per datagram).
-# HAProxy has no UDP, so only direct, vipd and nginx run udp and udp-bulk. Proxy CPU is
+# through the bulk service; datagrams received per second, lost, proxy CPU per datagram),
+# redis (redis-benchmark SET and GET, 50 connections, pipelines of 1 and 16, through a service
+# over three redis-servers), pgbench (pgbench -S, 16 clients, one connection each for the run
+# and a new connection per transaction with -C, through a one-endpoint service to one
+# PostgreSQL). HAProxy has no UDP, so only direct, vipd and nginx run udp and udp-bulk. Proxy CPU is
 # utime+stime of the proxy's processes from /proc/PID/stat, before and after each workload.
 # Every proxy runs throughout, and the timed workloads are interleaved in rounds whose target
 # order rotates. Prints a markdown table of medians over RUNS rounds.
@@ -15,10 +18,13 @@
 # Environment: RUNS rounds (5), DURATION seconds per timed workload (3), IDLE_CONNS (5000),
 #              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx", plus the data-plane
 #              spikes "vipd-mio" and "vipd-uring"),
-#              WORKLOADS (subset of "idle bulk rr crr udp udp-bulk"),
-#              VIPD (path to a vipd binary; default: cargo build --release).
+#              WORKLOADS (subset of "idle bulk rr crr udp udp-bulk redis pgbench"),
+#              VIPD (path to a vipd binary; default: cargo build --release),
+#              REDIS_N_P1, REDIS_N_P16 (requests per redis-benchmark test; default: calibrated
+#              on direct so that SET and GET together take about DURATION seconds).
 # Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
 # is stopped by its PID on exit. Takes about 6 minutes with the defaults.
+# (DEFAULT_RUN_MINUTES)
 set -euo pipefail
 
 RUNS=${RUNS:-5}
@@ -34,13 +40,17 @@ BACKENDS=(127.0.0.71 127.0.0.72 127.0.0.73)
 HTTP_PORT=8080
 BULK_PORT=5201
 DNS_PORT=5353
+REDIS_PORT=6379
+PG_PORT=5432
+# One PostgreSQL, on the first backend address.
+PG_IP=${BACKENDS[0]}
 # vipd-mio and vipd-uring: the same vipd binary and config with the TCP data plane of a spike
 # (VIPD_DATA_PLANE, src/proxy/spike/); not in the default TARGETS.
 declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [vipd-mio]=127.0.0.85
   [vipd-uring]=127.0.0.86 [haproxy]=127.0.0.82
   [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
 read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
-read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp udp-bulk}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp udp-bulk redis pgbench}"
 wants() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
 
 log() { echo "[$(date +%T)] $*" >&2; }
@@ -55,11 +65,22 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v python3 >/dev/null || missing+=(python3)
 command -v dnsperf >/dev/null || missing+=(dnsperf)
 command -v nsd >/dev/null || missing+=(nsd)
+# redis and pgbench only when asked for: PostgreSQL is a large package.
+if wants redis; then
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+fi
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+if wants pgbench; then
+  PG_BIN=$(pg_bin)
+  [ -n "$PG_BIN" ] && [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/pgbench" ] || missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+wants pgbench && PG_BIN=$(pg_bin)
 if [ -z "${VIPD:-}" ]; then
   log "building vipd (release)"
   (cd "$ROOT" && cargo build --release --quiet --bin vipd)
@@ -75,11 +96,15 @@ ulimit -n "$(ulimit -Hn)"
 
 # --- process bookkeeping: everything started is stopped by PID --------------------------
 PIDS=()
+PG_PID=
 # Stops one process started here and forgets it, so a recycled PID is never signalled later.
+# PostgreSQL's postmaster gets SIGINT (fast shutdown: it ends its backends itself; SIGTERM
+# would wait for clients to leave, and a SIGKILL would leave its backends behind).
 stop_pid() {
-  local pid=$1
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  local pid=$1 sig=TERM
+  [ "$pid" = "$PG_PID" ] && sig=INT
+  kill -s "$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   local kept=() p
@@ -160,6 +185,55 @@ PIDS+=($!)
 for ip in "${BACKENDS[@]}"; do wait_listening "$ip" "$HTTP_PORT"; done
 wait_listening "${BACKENDS[0]}" "$BULK_PORT"
 
+# Redis backends: one redis-server per backend address, no persistence.
+if wants redis; then
+  mkdir -p "$WORK/redis"
+  for ip in "${BACKENDS[@]}"; do
+    if ss -Hltn "sport = :$REDIS_PORT" | grep -q "$ip:$REDIS_PORT\|\*:$REDIS_PORT\|0.0.0.0:$REDIS_PORT"; then
+      echo "$ip:$REDIS_PORT is already in use by another process" >&2
+      exit 1
+    fi
+  done
+  for ip in "${BACKENDS[@]}"; do
+    n=${ip##*.}
+    # Protected mode off: clients come from 127.0.0.x, not only 127.0.0.1 (all loopback).
+    redis-server --bind "$ip" --port "$REDIS_PORT" --save '' --appendonly no --daemonize no \
+      --protected-mode no --dir "$WORK/redis" --logfile "$WORK/redis/redis-$n.log" &
+    PIDS+=($!)
+  done
+  for ip in "${BACKENDS[@]}"; do wait_listening "$ip" "$REDIS_PORT"; done
+fi
+
+# PostgreSQL backend: a throwaway cluster in $WORK, run as the postgres user (PostgreSQL
+# refuses root), trust authentication for 127.0.0.0/8, pgbench's tables at scale 1.
+if wants pgbench; then
+  if ss -Hltn "sport = :$PG_PORT" | grep -q "$PG_IP:$PG_PORT\|\*:$PG_PORT\|0.0.0.0:$PG_PORT"; then
+    echo "$PG_IP:$PG_PORT is already in use by another process" >&2
+    exit 1
+  fi
+  id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+  as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups env -C "$WORK/pg" "$@"; }
+  chmod o+x "$WORK"
+  mkdir -p "$WORK/pg"
+  chown postgres: "$WORK/pg"
+  as_postgres "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust --no-locale \
+    -E UTF8 >"$WORK/pg/initdb.log" 2>&1
+  echo "host all all 127.0.0.0/8 trust" >>"$WORK/pg/data/pg_hba.conf"
+  # fsync off: a throwaway cluster; the benchmark only reads.
+  as_postgres "$PG_BIN/postgres" -D "$WORK/pg/data" -k "$WORK/pg" -p "$PG_PORT" \
+    -c listen_addresses="$PG_IP" -c max_connections=200 -c fsync=off \
+    >"$WORK/pg/postgres.log" 2>&1 &
+  PG_PID=$!
+  PIDS+=("$PG_PID")
+  wait_listening "$PG_IP" "$PG_PORT"
+  for _ in $(seq 100); do
+    "$PG_BIN/pg_isready" -q -h "$PG_IP" -p "$PG_PORT" && break
+    sleep 0.1
+  done
+  "$PG_BIN/pgbench" -h "$PG_IP" -p "$PG_PORT" -U postgres -i -s 1 postgres \
+    >"$WORK/pg/pgbench-init.log" 2>&1
+fi
+
 # DNS backends: one nsd per backend address (one server process each), an authoritative zone
 # with the name dnsperf asks for.
 if wants udp; then
@@ -238,6 +312,24 @@ name = "dns"
 vip = "$ip"
 ports = [{ port = $DNS_PORT, protocol = "udp" }]
 endpoints = [$(printf '"%s:'"$DNS_PORT"'", ' "${BACKENDS[@]}" | sed 's/, $//')]
+
+[[service]]
+name = "redis"
+vip = "$ip"
+ports = [{ port = $REDIS_PORT }]
+endpoints = [$(printf '"%s:'"$REDIS_PORT"'", ' "${BACKENDS[@]}" | sed 's/, $//')]
+[service.health]
+check = "tcp"
+period = "1s"
+
+[[service]]
+name = "postgres"
+vip = "$ip"
+ports = [{ port = $PG_PORT }]
+endpoints = ["$PG_IP:$PG_PORT"]
+[service.health]
+check = "tcp"
+period = "1s"
 EOF
   for variant in haproxy haproxy-splice; do
     ip=${PROXY_IP[$variant]}
@@ -267,6 +359,20 @@ EOF
       echo "  default_backend bulk"
       echo "backend bulk"
       echo "  server b1 ${BACKENDS[0]}:$BULK_PORT check port $HTTP_PORT inter 1s"
+      echo "frontend redis_in"
+      echo "  bind $ip:$REDIS_PORT"
+      echo "  default_backend redis"
+      echo "backend redis"
+      n=0
+      for b in "${BACKENDS[@]}"; do
+        n=$((n + 1))
+        echo "  server r$n $b:$REDIS_PORT check inter 1s"
+      done
+      echo "frontend postgres_in"
+      echo "  bind $ip:$PG_PORT"
+      echo "  default_backend postgres"
+      echo "backend postgres"
+      echo "  server p1 $PG_IP:$PG_PORT check inter 1s"
     } >"$WORK/$variant.cfg"
   done
   ip=${PROXY_IP[nginx]}
@@ -280,6 +386,12 @@ EOF
     for b in "${BACKENDS[@]}"; do echo "    server $b:$HTTP_PORT;"; done
     echo "  }"
     echo "  upstream bulk { server ${BACKENDS[0]}:$BULK_PORT; }"
+    echo "  upstream redis {"
+    for b in "${BACKENDS[@]}"; do echo "    server $b:$REDIS_PORT;"; done
+    echo "  }"
+    echo "  upstream postgres { server $PG_IP:$PG_PORT; }"
+    echo "  server { listen $ip:$REDIS_PORT; proxy_pass redis; }"
+    echo "  server { listen $ip:$PG_PORT; proxy_pass postgres; }"
     echo "  upstream dns {"
     for b in "${BACKENDS[@]}"; do echo "    server $b:$DNS_PORT;"; done
     echo "  }"
@@ -396,6 +508,74 @@ print(got, end["sum_sent"]["packets"] - got, got / end["sum_received"]["seconds"
   return 0
 }
 
+# redis-benchmark -q against IP, PIPELINE, N requests per test: prints the requests/s of SET
+# and of GET from its summary lines ("SET: 81234.56 requests per second, p50=…"), nothing when
+# it failed or timed out. Bounded by a timeout of 10 × DURATION + 20 s.
+redis_bench_rates() {
+  local ip=$1 pipeline=$2 n=$3 out rc=0
+  out=$(timeout $((10 * DURATION + 20)) redis-benchmark -h "$ip" -p "$REDIS_PORT" -c 50 -n "$n" \
+    -t set,get -P "$pipeline" -q 2>&1) || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    log "redis-benchmark -h $ip -P $pipeline -n $n: exit $rc: $(tr '\r' '\n' <<<"$out" | tail -n 3 | tr '\n' ' ')"
+    return 0
+  fi
+  tr '\r' '\n' <<<"$out" | awk '
+    $1 == "SET:" && $3 == "requests" { set = $2 }
+    $1 == "GET:" && $3 == "requests" { get = $2 }
+    END { if (set != "" && get != "") print set, get }'
+}
+
+# Requests per redis-benchmark test for PIPELINE, so that SET and GET together take about
+# DURATION seconds on direct (one redis-server): from a calibration run of CAL requests per test.
+redis_calibrate() {
+  local pipeline=$1 cal=$2 set get
+  read -r set get < <(redis_bench_rates "${BACKENDS[0]}" "$pipeline" "$cal") || true
+  [ -n "${set:-}" ] || { echo "redis-benchmark calibration (-P $pipeline) failed" >&2; exit 1; }
+  # 2 N / (N / set + N / get) = DURATION; rounded to thousands.
+  python3 -c "print(max(1000, round($DURATION / (1 / $set + 1 / $get) / 1000) * 1000))"
+}
+
+# redis_run TARGET PID PIPELINE N: redis-benchmark -c 50 -t set,get -P PIPELINE -n N through the proxy. The
+# rate is over both tests: 2 N / (N / SET's rate + N / GET's rate), the harmonic mean of the two,
+# and 2 N requests divide the proxy's CPU.
+redis_run() {
+  local target=$1 pid=$2 pipeline=$3 n=$4 ip=${PROXY_IP[$1]} before after set get
+  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  read -r set get < <(redis_bench_rates "$ip" "$pipeline" "$n") || true
+  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  [ -n "${set:-}" ] || return 0
+  record "$target" "redis_p${pipeline}_rps" "$(python3 -c "print(2 / (1 / $set + 1 / $get))")"
+  [ -n "$pid" ] && record "$target" "redis_p${pipeline}_cpu_us_per_req" \
+    "$(python3 -c "print(($after - $before) / $TICKS * 1e6 / (2 * $n))")"
+  return 0
+}
+
+# pgbench NAME [pgbench args]: pgbench -S (select only), 16 clients on 2 threads, DURATION
+# seconds, through the proxy to the one PostgreSQL; -n: no vacuum before the run (the tables
+# are only read). Figures: tps, proxy CPU-µs per transaction, and failed transactions plus
+# aborted clients (each abort loses its transaction; must be 0).
+pgbench_run() {
+  local name=$1 target=$2 pid=$3; shift 3
+  local ip=${PROXY_IP[$target]} before after out rc=0 tx tps failed aborted
+  before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  out=$(timeout $((DURATION + 30)) "$PG_BIN/pgbench" -h "$ip" -p "$PG_PORT" -U postgres -n -S \
+    -c 16 -j 2 -T "$DURATION" "$@" postgres 2>&1) || rc=$?
+  after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+  tx=$(awk -F': ' '/^number of transactions actually processed/ {split($2, a, "/"); print a[1]}' <<<"$out")
+  tps=$(awk '/^tps = / {print $3}' <<<"$out")
+  failed=$(awk '/^number of failed transactions/ {print $5}' <<<"$out")
+  aborted=$(grep -c "aborted in command\|aborted while establishing" <<<"$out" || true)
+  if [ "$rc" -ne 0 ] || [ "${aborted:-0}" -gt 0 ] || [ -z "$tps" ]; then
+    log "$target $name: pgbench exit $rc: $(grep -i 'error\|abort' <<<"$out" | head -n 3 | tr '\n' ' ')"
+  fi
+  [ -n "$tps" ] || return 0
+  record "$target" "${name}_tps" "$tps"
+  record "$target" "${name}_failed" "$((${failed:-0} + aborted))"
+  [ -n "$pid" ] && [ "${tx:-0}" -gt 0 ] && record "$target" "${name}_cpu_us_per_tx" \
+    "$(python3 -c "print(($after - $before) / $TICKS * 1e6 / $tx)")"
+  return 0
+}
+
 # Established connections on the backends' http port (the backend side of each).
 backend_conns() { ss -Htn state established "sport = :$HTTP_PORT" | grep -c "127.0.0.7[123]:$HTTP_PORT" || true; }
 
@@ -427,7 +607,7 @@ declare -A PID_OF=([direct]=)
 PROXIES=()
 for target in "${TARGETS[@]}"; do
   [ "$target" = direct ] && continue
-  for port in "$HTTP_PORT" "$BULK_PORT"; do
+  for port in "$HTTP_PORT" "$BULK_PORT" "$REDIS_PORT" "$PG_PORT"; do
     if ss -Hltn "sport = :$port" | grep -q "${PROXY_IP[$target]}:$port"; then
       echo "${PROXY_IP[$target]}:$port is already in use by another process" >&2
       exit 1
@@ -447,6 +627,8 @@ done
 for target in "${PROXIES[@]}"; do
   wait_listening "${PROXY_IP[$target]}" "$HTTP_PORT"
   wait_listening "${PROXY_IP[$target]}" "$BULK_PORT"
+  wait_listening "${PROXY_IP[$target]}" "$REDIS_PORT"
+  wait_listening "${PROXY_IP[$target]}" "$PG_PORT"
   if wants udp && [[ $target != haproxy* ]]; then wait_udp "${PROXY_IP[$target]}" "$DNS_PORT"; fi
   if wants udp-bulk && [[ $target != haproxy* ]]; then wait_udp "${PROXY_IP[$target]}" "$BULK_PORT"; fi
 done
@@ -474,7 +656,14 @@ round_order() {
   local n=${#TARGETS[@]} k=$(($1 % ${#TARGETS[@]}))
   echo "${TARGETS[@]:k:n-k}" "${TARGETS[@]:0:k}"
 }
-for workload in bulk rr crr udp udp-bulk; do
+if wants redis; then
+  REDIS_N_P1=${REDIS_N_P1:-$(redis_calibrate 1 50000)}
+  REDIS_N_P16=${REDIS_N_P16:-$(redis_calibrate 16 500000)}
+  [ -n "$REDIS_N_P1" ] && [ -n "$REDIS_N_P16" ] || exit 1
+  log "redis: $REDIS_N_P1 requests per test with -P 1, $REDIS_N_P16 with -P 16"
+fi
+
+for workload in bulk rr crr udp udp-bulk redis pgbench; do
   wants "$workload" || continue
   for RUN in $(seq "$RUNS"); do
     log "$workload, round $RUN/$RUNS"
@@ -489,12 +678,21 @@ for workload in bulk rr crr udp udp-bulk; do
         crr) http crr "$target" "$pid" -H "Connection: close" ;;
         udp) udp "$target" "$pid" ;;
         udp-bulk) udp_bulk "$target" "$pid" ;;
+        redis)
+          redis_run "$target" "$pid" 1 "$REDIS_N_P1"
+          redis_run "$target" "$pid" 16 "$REDIS_N_P16"
+          ;;
+        pgbench)
+          pgbench_run pgbench "$target" "$pid"
+          pgbench_run pgbench_c "$target" "$pid" -C
+          ;;
       esac
     done
   done
   alive
 done
 
-IDLE_CONNS=$IDLE_CONNS python3 "$HERE/report.py" "$RESULTS"
+IDLE_CONNS=$IDLE_CONNS REDIS_N_P1=${REDIS_N_P1:-} REDIS_N_P16=${REDIS_N_P16:-} \
+  python3 "$HERE/report.py" "$RESULTS"
 echo
 echo "raw results: $RESULTS"
