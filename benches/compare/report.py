@@ -16,6 +16,9 @@ HEADERS = {
     "haproxy-splice": "HAProxy + splice-auto",
     "nginx": "nginx stream",
 }
+# Requests per redis-benchmark test, when run.sh passes them.
+REDIS_N = {p: (f", {int(os.environ[f'REDIS_N_P{p}']):,} each" if os.environ.get(f"REDIS_N_P{p}") else "")
+           for p in ("1", "16")}
 ROWS = [
     ("bulk1_gbps", "bulk, iperf3 1 stream, Gbit/s", 2),
     ("bulk1_cpu_s_per_gb", "bulk 1 stream, proxy CPU-s per GB", 3),
@@ -35,6 +38,16 @@ ROWS = [
     ("udp_bulk_dgrams_per_s", "udp bulk (iperf3 -u, 8 flows, 1,400-byte datagrams), datagrams/s received", 0),
     ("udp_bulk_lost", "udp bulk, datagrams lost", 0),
     ("udp_bulk_cpu_us_per_dgram", "udp bulk, proxy CPU-µs per datagram received", 2),
+    ("redis_p1_rps", f"redis (redis-benchmark -c 50 -P 1, SET and GET{REDIS_N['1']}), requests/s (harmonic mean of SET's and GET's)", 0),
+    ("redis_p1_cpu_us_per_req", "redis -P 1, proxy CPU-µs per request", 2),
+    ("redis_p16_rps", f"redis (redis-benchmark -c 50 -P 16, SET and GET{REDIS_N['16']}), requests/s (harmonic mean of SET's and GET's)", 0),
+    ("redis_p16_cpu_us_per_req", "redis -P 16, proxy CPU-µs per request", 3),
+    ("pgbench_tps", "pgbench -S (16 clients, 2 threads), transactions/s", 0),
+    ("pgbench_cpu_us_per_tx", "pgbench -S, proxy CPU-µs per transaction", 1),
+    ("pgbench_failed", "pgbench -S, failed transactions + aborted clients", 0),
+    ("pgbench_c_tps", "pgbench -S -C (new connection per transaction), transactions/s", 0),
+    ("pgbench_c_cpu_us_per_tx", "pgbench -S -C, proxy CPU-µs per transaction", 1),
+    ("pgbench_c_failed", "pgbench -S -C, failed transactions + aborted clients", 0),
     ("idle_kib_per_conn", f"idle: RSS per connection, KiB ({os.environ.get('IDLE_CONNS', '5000')} idle connections)", 2),
 ]
 
