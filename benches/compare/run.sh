@@ -229,7 +229,7 @@ if wants pgbench; then
   PIDS+=("$PG_PID")
   wait_listening "$PG_IP" "$PG_PORT"
   for _ in $(seq 100); do
-    "$PG_BIN/pg_isready" -q -h "$PG_IP" -p "$PG_PORT" && break
+    "$PG_BIN/pg_isready" -q -h "$PG_IP" -p "$PG_PORT" -U postgres && break
     sleep 0.1
   done
   "$PG_BIN/pgbench" -h "$PG_IP" -p "$PG_PORT" -U postgres -i -s 1 postgres \
