@@ -487,4 +487,126 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
     }
+
+    /// A connected loopback pair: the far end (blocking, std) and our end (mio).
+    fn pair() -> (std::net::TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let far = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (far, TcpStream::from_std(ours))
+    }
+
+    /// An established connection between two loopback pairs, registered with `poll`.
+    fn established(poll: &mio::Poll) -> (Conn, std::net::TcpStream, std::net::TcpStream) {
+        use mio::{Interest, Token};
+        let (client_far, mut client) = pair();
+        let (upstream_far, mut upstream) = pair();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        poll.registry()
+            .register(&mut client, Token(0), both)
+            .unwrap();
+        poll.registry()
+            .register(&mut upstream, Token(1), both)
+            .unwrap();
+        let endpoint = Arc::new(Endpoint::new(
+            "conn-test",
+            upstream_far.local_addr().unwrap(),
+            &tokio_util::sync::CancellationToken::new(),
+        ));
+        let conn = Conn {
+            generation: 0,
+            client,
+            client_ready: Ready::default(),
+            upstream: Some(upstream),
+            upstream_ready: Ready::default(),
+            phase: Phase::Established(Established {
+                active: endpoint.attempt().established(),
+                buffers: vec![0; 2 * BUFFER_SIZE].into_boxed_slice(),
+                halves: Default::default(),
+                idle_timeout_ms: 1_000,
+                drain: endpoint.drain_token(),
+                drain_timeout: Duration::from_secs(1),
+                drain_at_ms: None,
+            }),
+            armed_tick: None,
+            last_activity_ms: 0,
+        };
+        (conn, client_far, upstream_far)
+    }
+
+    /// Waits for events (as the loop does) and forwards until `until` holds of the flow.
+    fn drive(poll: &mut mio::Poll, conn: &mut Conn, until: impl Fn(&Conn, &Flow) -> bool) -> Flow {
+        let mut events = mio::Events::with_capacity(16);
+        loop {
+            let (flow, _, _) = conn.forward(1).unwrap();
+            if until(conn, &flow) {
+                return flow;
+            }
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(!events.is_empty(), "no event within 10 s");
+            for event in events.iter() {
+                let ready = if event.token().0 == 0 {
+                    &mut conn.client_ready
+                } else {
+                    &mut conn.upstream_ready
+                };
+                ready.readable |= event.is_readable() || event.is_read_closed();
+                ready.read_closed |= event.is_read_closed() || event.is_error();
+                ready.writable |= event.is_writable() || event.is_write_closed();
+            }
+        }
+    }
+
+    fn halves(conn: &Conn) -> [Half; 2] {
+        match &conn.phase {
+            Phase::Established(established) => established.halves,
+            Phase::Connecting(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn half_close_each_way_then_complete() {
+        let mut poll = mio::Poll::new().unwrap();
+        let (mut conn, mut client_far, mut upstream_far) = established(&poll);
+        // Client sends and closes its side: the endpoint gets the bytes, then its EOF.
+        client_far.write_all(b"request").unwrap();
+        client_far.shutdown(std::net::Shutdown::Write).unwrap();
+        let flow = drive(&mut poll, &mut conn, |c, _| halves(c)[0].is_shut());
+        assert_eq!(flow, Flow::Open, "the other direction is still open");
+        let mut request = Vec::new();
+        upstream_far.read_to_end(&mut request).unwrap();
+        assert_eq!(request, b"request");
+        assert_eq!(conn.last_activity_ms, 1);
+        // The endpoint answers on the open direction and closes: the connection is complete,
+        // and the last FIN is left to the close.
+        upstream_far.write_all(b"answer").unwrap();
+        upstream_far.shutdown(std::net::Shutdown::Write).unwrap();
+        let flow = drive(&mut poll, &mut conn, |_, flow| *flow == Flow::Complete);
+        assert_eq!(flow, Flow::Complete);
+        assert!(!halves(&conn)[1].is_shut(), "no shutdown before the close");
+        drop(conn);
+        let mut answer = Vec::new();
+        client_far.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"answer");
+    }
+
+    #[test]
+    fn deadline_is_the_earlier_of_idle_and_drain() {
+        let poll = mio::Poll::new().unwrap();
+        let (mut conn, _client_far, _upstream_far) = established(&poll);
+        conn.last_activity_ms = 500;
+        assert_eq!(conn.deadline_ms(), 1_500);
+        if let Phase::Established(established) = &mut conn.phase {
+            established.drain_at_ms = Some(1_200);
+        }
+        assert_eq!(conn.deadline_ms(), 1_200);
+        conn.last_activity_ms = 100;
+        assert_eq!(
+            conn.deadline_ms(),
+            1_100,
+            "idle still applies while draining"
+        );
+    }
 }

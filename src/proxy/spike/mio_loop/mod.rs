@@ -680,3 +680,37 @@ fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     socket.set_tcp_nodelay(true)?;
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_carry_key_generation_and_side() {
+        for (key, generation, side) in [(0, 0, 0), (5, 7, 1), ((1 << 30) - 1, 0x7FFF_FFFF, 2)] {
+            let t = token(key, generation, side);
+            assert_eq!(untoken(t), (key, generation, side));
+            assert_ne!(t, LISTENER);
+            assert_ne!(t, WAKER);
+        }
+    }
+
+    #[test]
+    fn a_reused_slab_slot_gets_tokens_of_its_own() {
+        // The slab hands a closed connection's key to the next one; the generation tells an
+        // event of the old sockets from one of the new.
+        let mut slab = Slab::new();
+        let old = slab.insert(0u32);
+        slab.remove(old);
+        let new = slab.insert(1u32);
+        assert_eq!(old, new, "the slot is reused");
+        assert_ne!(token(old, 0, CLIENT), token(new, 1, CLIENT));
+    }
+
+    #[test]
+    fn consecutive_attempts_use_different_upstream_sides() {
+        assert_ne!(upstream_side(0), upstream_side(1));
+        assert_eq!(upstream_side(0), upstream_side(2));
+        assert!((1..=2).contains(&upstream_side(0)) && (1..=2).contains(&upstream_side(1)));
+    }
+}
