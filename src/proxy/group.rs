@@ -78,8 +78,18 @@ impl SocketGroup {
                 .enumerate()
                 .map(|(index, socket)| {
                     // Checked at startup; a spike's loop serves the socket instead when chosen.
-                    match DataPlane::from_env().unwrap_or(DataPlane::Tokio) {
+                    match DataPlane::current() {
                         DataPlane::Tokio => {}
+                        DataPlane::Mio => {
+                            let mio_loop = super::spike::mio_loop::serve(
+                                socket,
+                                Arc::clone(service),
+                                port,
+                                stop.clone(),
+                                connections.clone(),
+                            );
+                            return workers.handle(index).spawn(loops.track_future(mio_loop));
+                        }
                     }
                     let accept_loop = tcp::serve(
                         socket,

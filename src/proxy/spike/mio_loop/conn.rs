@@ -1,0 +1,612 @@
+//! One proxied connection as a state machine: connecting (with failover) or established
+//! (forwarding both ways through a buffer pair), and the one-direction pump both use.
+
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::service::drain::Drain;
+use crate::service::endpoint::{ActiveConnection, Attempt, Endpoint};
+use crate::service::snapshot::Snapshot;
+
+/// Bytes each direction of an established connection buffers.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Edge-triggered readiness of one socket as last reported: set by events, cleared when an
+/// operation would block (or returned short, which on a TCP socket means the same).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer's FIN (or an error) was reported: the edge that said so came with it, and no
+    /// further edge will come, so a short read must not clear `readable` any more.
+    pub read_closed: bool,
+}
+
+/// One direction of an established connection: bytes `start..end` of its buffer wait for the
+/// destination.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Half {
+    start: usize,
+    end: usize,
+    /// The source reached EOF.
+    eof: bool,
+    /// The destination's sending side is shut down (or needs no shutdown: see `Conn`).
+    shut: bool,
+}
+
+impl Half {
+    /// EOF read and every byte written on: the direction is over.
+    pub fn finished(&self) -> bool {
+        self.eof && self.start == self.end
+    }
+
+    pub fn is_shut(&self) -> bool {
+        self.shut
+    }
+
+    pub fn mark_shut(&mut self) {
+        self.shut = true;
+    }
+}
+
+/// What one pump call moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub read: usize,
+    pub written: usize,
+}
+
+/// Moves bytes `source` → `destination` through `buffer` until one side would block or the
+/// source is at EOF with nothing left to write. Reads only into an empty buffer and writes each
+/// read at once, so a steady request/response flow costs one read and one write per message.
+pub fn pump<S: Read + ?Sized, D: Write + ?Sized>(
+    half: &mut Half,
+    buffer: &mut [u8],
+    source: &mut S,
+    source_ready: &mut Ready,
+    destination: &mut D,
+    destination_ready: &mut Ready,
+) -> io::Result<Moved> {
+    let mut moved = Moved::default();
+    loop {
+        if half.start < half.end {
+            if !destination_ready.writable {
+                return Ok(moved);
+            }
+            let pending = half.end - half.start;
+            match destination.write(&buffer[half.start..half.end]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    moved.written += n;
+                    half.start += n;
+                    if half.start == half.end {
+                        half.start = 0;
+                        half.end = 0;
+                    }
+                    if n < pending {
+                        // The socket buffer is full: the next writable edge says when.
+                        destination_ready.writable = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    destination_ready.writable = false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        } else if !half.eof && source_ready.readable {
+            match source.read(buffer) {
+                Ok(0) => half.eof = true,
+                Ok(n) => {
+                    moved.read += n;
+                    half.start = 0;
+                    half.end = n;
+                    if n < buffer.len() && !source_ready.read_closed {
+                        // A short read emptied the receive queue; new bytes bring a new edge.
+                        source_ready.readable = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => source_ready.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            return Ok(moved);
+        }
+    }
+}
+
+/// A connect in progress: the snapshot it picked from (kept for failover, as tcp.rs does) and
+/// where in the candidates it is.
+#[derive(Debug)]
+pub struct Connecting {
+    pub snapshot: Arc<Snapshot>,
+    pub client_ip: Option<IpAddr>,
+    /// Candidate index of the first pick.
+    pub first: usize,
+    /// Attempts started so far (the current one is `tried - 1` after `first`).
+    pub tried: usize,
+    /// Distinct endpoints that may be tried.
+    pub attempts: usize,
+    /// The current attempt (counts as active on its endpoint) and its endpoint.
+    pub attempt: Option<(Attempt, Arc<Endpoint>)>,
+    pub started: Instant,
+    /// Loop milliseconds at which the current attempt times out.
+    pub deadline_ms: u64,
+}
+
+/// A connected pair forwarding both ways.
+#[derive(Debug)]
+pub struct Established {
+    pub active: ActiveConnection,
+    /// `BUFFER_SIZE` bytes client → endpoint, then `BUFFER_SIZE` endpoint → client.
+    pub buffers: Box<[u8]>,
+    /// Client → endpoint, endpoint → client.
+    pub halves: [Half; 2],
+    pub idle_timeout_ms: u64,
+    pub drain: Arc<Drain>,
+    pub drain_timeout: Duration,
+    /// Loop milliseconds of the drain deadline, once the drain signal fired.
+    pub drain_at_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum Phase {
+    Connecting(Box<Connecting>),
+    Established(Established),
+}
+
+/// How an established connection is when its pumps stop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Open,
+    Complete,
+}
+
+/// One client connection in the loop's slab.
+#[derive(Debug)]
+pub struct Conn {
+    /// Part of every token of this connection: events of an earlier occupant of the slab slot
+    /// are recognised and dropped.
+    pub generation: u32,
+    pub client: TcpStream,
+    pub client_ready: Ready,
+    pub upstream: Option<TcpStream>,
+    pub upstream_ready: Ready,
+    pub phase: Phase,
+    /// The tick of the newest wheel entry armed for this connection; older entries are stale.
+    pub armed_tick: Option<u64>,
+    /// Loop milliseconds of the last byte moved (either way).
+    pub last_activity_ms: u64,
+}
+
+impl Conn {
+    /// The next deadline: connect timeout, or the earlier of idle and drain deadlines.
+    pub fn deadline_ms(&self) -> u64 {
+        match &self.phase {
+            Phase::Connecting(connecting) => connecting.deadline_ms,
+            Phase::Established(established) => {
+                let idle = self
+                    .last_activity_ms
+                    .saturating_add(established.idle_timeout_ms);
+                established.drain_at_ms.map_or(idle, |at| at.min(idle))
+            }
+        }
+    }
+
+    /// Forwards both ways as far as the sockets allow; counts bytes with `counted(inbound,
+    /// outbound)` and shuts a destination's sending side down when its direction ends first.
+    /// Returns `Complete` once both directions ended: the caller then closes both sockets,
+    /// and that close sends the FIN of the direction that ended last.
+    pub fn forward(&mut self, now_ms: u64) -> io::Result<(Flow, Moved, Moved)> {
+        let Phase::Established(established) = &mut self.phase else {
+            return Ok((Flow::Open, Moved::default(), Moved::default()));
+        };
+        let upstream = self.upstream.as_mut().expect("established has an upstream");
+        let (inbound_buffer, outbound_buffer) = established.buffers.split_at_mut(BUFFER_SIZE);
+        let [inbound, outbound] = &mut established.halves;
+        let moved_in = pump(
+            inbound,
+            inbound_buffer,
+            &mut self.client,
+            &mut self.client_ready,
+            upstream,
+            &mut self.upstream_ready,
+        )?;
+        let moved_out = pump(
+            outbound,
+            outbound_buffer,
+            upstream,
+            &mut self.upstream_ready,
+            &mut self.client,
+            &mut self.client_ready,
+        )?;
+        if moved_in.read + moved_in.written + moved_out.read + moved_out.written > 0 {
+            self.last_activity_ms = now_ms;
+        }
+        if inbound.finished() && outbound.finished() {
+            return Ok((Flow::Complete, moved_in, moved_out));
+        }
+        if inbound.finished() && !inbound.is_shut() {
+            upstream.shutdown(std::net::Shutdown::Write)?;
+            inbound.mark_shut();
+        }
+        if outbound.finished() && !outbound.is_shut() {
+            self.client.shutdown(std::net::Shutdown::Write)?;
+            outbound.mark_shut();
+        }
+        Ok((Flow::Open, moved_in, moved_out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A source handing out scripted reads: bytes, EOF (empty), or would-block (`None`).
+    struct Script(VecDeque<Option<Vec<u8>>>);
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                Some(Some(bytes)) => {
+                    buf[..bytes.len()].copy_from_slice(&bytes);
+                    Ok(bytes.len())
+                }
+                Some(None) | None => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    /// A destination taking at most `room` bytes until refilled.
+    struct Sink {
+        taken: Vec<u8>,
+        room: usize,
+        writes: usize,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const READY: Ready = Ready {
+        readable: true,
+        writable: true,
+        read_closed: false,
+    };
+
+    #[test]
+    fn a_message_costs_one_read_and_one_write() {
+        let mut half = Half::default();
+        let mut buffer = vec![0; 64];
+        let mut source = Script(VecDeque::from([Some(b"ping".to_vec())]));
+        let mut sink = Sink {
+            taken: Vec::new(),
+            room: 1 << 20,
+            writes: 0,
+        };
+        let (mut sr, mut dr) = (READY, READY);
+        let moved = pump(
+            &mut half,
+            &mut buffer,
+            &mut source,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap();
+        assert_eq!(
+            moved,
+            Moved {
+                read: 4,
+                written: 4
+            }
+        );
+        assert_eq!(sink.taken, b"ping");
+        assert_eq!(sink.writes, 1);
+        // The short read cleared readability: no read that would only say EAGAIN.
+        assert!(!sr.readable);
+        assert!(source.0.is_empty());
+        assert!(dr.writable);
+    }
+
+    #[test]
+    fn a_full_destination_keeps_the_rest_and_stops_reading() {
+        let mut half = Half::default();
+        let mut buffer = vec![0; 8];
+        let mut source = Script(VecDeque::from([
+            Some(b"abcdefgh".to_vec()),
+            Some(b"ijkl".to_vec()),
+        ]));
+        let mut sink = Sink {
+            taken: Vec::new(),
+            room: 3,
+            writes: 0,
+        };
+        let (mut sr, mut dr) = (READY, READY);
+        let moved = pump(
+            &mut half,
+            &mut buffer,
+            &mut source,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap();
+        assert_eq!(
+            moved,
+            Moved {
+                read: 8,
+                written: 3
+            }
+        );
+        assert!(!dr.writable, "a short write clears writability");
+        assert!(sr.readable, "the source was not drained");
+        // The writable edge comes: the rest goes, then the next read.
+        sink.room = 100;
+        dr.writable = true;
+        let moved = pump(
+            &mut half,
+            &mut buffer,
+            &mut source,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap();
+        assert_eq!(
+            moved,
+            Moved {
+                read: 4,
+                written: 9
+            }
+        );
+        assert_eq!(sink.taken, b"abcdefghijkl");
+    }
+
+    #[test]
+    fn eof_finishes_the_direction_only_once_flushed() {
+        let mut half = Half::default();
+        let mut buffer = vec![0; 8];
+        let mut source = Script(VecDeque::from([Some(b"last".to_vec())]));
+        let mut sink = Sink {
+            taken: Vec::new(),
+            room: 0,
+            writes: 0,
+        };
+        let (mut sr, mut dr) = (READY, READY);
+        pump(
+            &mut half,
+            &mut buffer,
+            &mut source,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap();
+        // FIN arrives (readable edge) while the bytes still wait.
+        source.0.push_back(Some(Vec::new()));
+        sr.readable = true;
+        pump(
+            &mut half,
+            &mut buffer,
+            &mut source,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap();
+        assert!(
+            !half.finished(),
+            "bytes are still buffered; EOF not read yet"
+        );
+        sink.room = 100;
+        dr.writable = true;
+        pump(
+            &mut half,
+            &mut buffer,
+            &mut source,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap();
+        assert!(half.finished());
+        assert_eq!(sink.taken, b"last");
+    }
+
+    #[test]
+    fn a_short_read_after_the_fin_was_reported_reads_on_to_eof() {
+        let mut half = Half::default();
+        let mut buffer = vec![0; 64];
+        // Data and FIN arrived before the read: one edge for both.
+        let mut source = Script(VecDeque::from([Some(b"bye".to_vec()), Some(Vec::new())]));
+        let mut sink = Sink {
+            taken: Vec::new(),
+            room: 100,
+            writes: 0,
+        };
+        let mut sr = Ready {
+            read_closed: true,
+            ..READY
+        };
+        let mut dr = READY;
+        pump(
+            &mut half,
+            &mut buffer,
+            &mut source,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap();
+        assert!(half.finished(), "EOF read without another edge");
+        assert_eq!(sink.taken, b"bye");
+    }
+
+    #[test]
+    fn errors_other_than_would_block_end_the_pump() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::ConnectionReset.into())
+            }
+        }
+        let mut sink = Sink {
+            taken: Vec::new(),
+            room: 10,
+            writes: 0,
+        };
+        let (mut sr, mut dr) = (READY, READY);
+        let error = pump(
+            &mut Half::default(),
+            &mut [0; 8],
+            &mut Broken,
+            &mut sr,
+            &mut sink,
+            &mut dr,
+        )
+        .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// A connected loopback pair: the far end (blocking, std) and our end (mio).
+    fn pair() -> (std::net::TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let far = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (far, TcpStream::from_std(ours))
+    }
+
+    /// An established connection between two loopback pairs, registered with `poll`.
+    fn established(poll: &mio::Poll) -> (Conn, std::net::TcpStream, std::net::TcpStream) {
+        use mio::{Interest, Token};
+        let (client_far, mut client) = pair();
+        let (upstream_far, mut upstream) = pair();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        poll.registry()
+            .register(&mut client, Token(0), both)
+            .unwrap();
+        poll.registry()
+            .register(&mut upstream, Token(1), both)
+            .unwrap();
+        let endpoint = Arc::new(Endpoint::new(
+            "conn-test",
+            upstream_far.local_addr().unwrap(),
+            &tokio_util::sync::CancellationToken::new(),
+        ));
+        let conn = Conn {
+            generation: 0,
+            client,
+            client_ready: Ready::default(),
+            upstream: Some(upstream),
+            upstream_ready: Ready::default(),
+            phase: Phase::Established(Established {
+                active: endpoint.attempt().established(),
+                buffers: vec![0; 2 * BUFFER_SIZE].into_boxed_slice(),
+                halves: Default::default(),
+                idle_timeout_ms: 1_000,
+                drain: endpoint.drain_token(),
+                drain_timeout: Duration::from_secs(1),
+                drain_at_ms: None,
+            }),
+            armed_tick: None,
+            last_activity_ms: 0,
+        };
+        (conn, client_far, upstream_far)
+    }
+
+    /// Waits for events (as the loop does) and forwards until `until` holds of the flow.
+    fn drive(poll: &mut mio::Poll, conn: &mut Conn, until: impl Fn(&Conn, &Flow) -> bool) -> Flow {
+        let mut events = mio::Events::with_capacity(16);
+        loop {
+            let (flow, _, _) = conn.forward(1).unwrap();
+            if until(conn, &flow) {
+                return flow;
+            }
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(!events.is_empty(), "no event within 10 s");
+            for event in events.iter() {
+                let ready = if event.token().0 == 0 {
+                    &mut conn.client_ready
+                } else {
+                    &mut conn.upstream_ready
+                };
+                ready.readable |= event.is_readable() || event.is_read_closed();
+                ready.read_closed |= event.is_read_closed() || event.is_error();
+                ready.writable |= event.is_writable() || event.is_write_closed();
+            }
+        }
+    }
+
+    fn halves(conn: &Conn) -> [Half; 2] {
+        match &conn.phase {
+            Phase::Established(established) => established.halves,
+            Phase::Connecting(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn half_close_each_way_then_complete() {
+        let mut poll = mio::Poll::new().unwrap();
+        let (mut conn, mut client_far, mut upstream_far) = established(&poll);
+        // Client sends and closes its side: the endpoint gets the bytes, then its EOF.
+        client_far.write_all(b"request").unwrap();
+        client_far.shutdown(std::net::Shutdown::Write).unwrap();
+        let flow = drive(&mut poll, &mut conn, |c, _| halves(c)[0].is_shut());
+        assert_eq!(flow, Flow::Open, "the other direction is still open");
+        let mut request = Vec::new();
+        upstream_far.read_to_end(&mut request).unwrap();
+        assert_eq!(request, b"request");
+        assert_eq!(conn.last_activity_ms, 1);
+        // The endpoint answers on the open direction and closes: the connection is complete,
+        // and the last FIN is left to the close.
+        upstream_far.write_all(b"answer").unwrap();
+        upstream_far.shutdown(std::net::Shutdown::Write).unwrap();
+        let flow = drive(&mut poll, &mut conn, |_, flow| *flow == Flow::Complete);
+        assert_eq!(flow, Flow::Complete);
+        assert!(!halves(&conn)[1].is_shut(), "no shutdown before the close");
+        drop(conn);
+        let mut answer = Vec::new();
+        client_far.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, b"answer");
+    }
+
+    #[test]
+    fn deadline_is_the_earlier_of_idle_and_drain() {
+        let poll = mio::Poll::new().unwrap();
+        let (mut conn, _client_far, _upstream_far) = established(&poll);
+        conn.last_activity_ms = 500;
+        assert_eq!(conn.deadline_ms(), 1_500);
+        if let Phase::Established(established) = &mut conn.phase {
+            established.drain_at_ms = Some(1_200);
+        }
+        assert_eq!(conn.deadline_ms(), 1_200);
+        conn.last_activity_ms = 100;
+        assert_eq!(
+            conn.deadline_ms(),
+            1_100,
+            "idle still applies while draining"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! The connect side of the mio loop: a new client is picked for exactly as tcp.rs's `connect`
+//! does, then attempts run one at a time over distinct endpoints, non-blocking, each with its
+//! connect timeout on the wheel.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::Interest;
+use mio::net::TcpStream;
+use socket2::{Domain, Socket, Type};
+
+use super::conn::{BUFFER_SIZE, Conn, Connecting, Established, Phase, Ready};
+use super::{CLIENT, EventLoop, Watched, token, upstream_side};
+use crate::balance::affinity_timeout;
+use crate::config::Protocol;
+use crate::service::Rotation;
+
+impl EventLoop {
+    /// A new client: pick as tcp.rs's `connect` does, then start the first attempt.
+    pub(super) fn start(&mut self, mut client: TcpStream, peer: SocketAddr, now: u64) {
+        let service = &*self.service;
+        let snapshot = service.snapshot();
+        let Some(pool) = snapshot.pool(Protocol::Tcp, self.port) else {
+            service.metrics.connections_failed.increment(1);
+            return;
+        };
+        match pool.rotation {
+            Rotation::Primary | Rotation::Backup => {}
+            Rotation::FailedOpen => service.metrics.no_healthy_endpoints.increment(1),
+            Rotation::Closed => {
+                if !snapshot.endpoints.is_empty() {
+                    service.metrics.no_healthy_endpoints.increment(1);
+                }
+                service.metrics.connections_failed.increment(1);
+                return;
+            }
+        }
+        let candidates = pool.tier.candidates().len();
+        let client_ip = pool.needs_client.then(|| peer.ip());
+        let first = pool.first(
+            client_ip,
+            affinity_timeout(snapshot.config.session_affinity),
+        );
+        let attempts =
+            (snapshot.config.connection.max_connect_attempts.get() as usize).min(candidates);
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key >= 1 << 30
+            || self
+                .poll
+                .registry()
+                .register(
+                    &mut client,
+                    token(key, generation, CLIENT),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+        {
+            service.metrics.connections_failed.increment(1);
+            return;
+        }
+        entry.insert(Conn {
+            generation,
+            client,
+            client_ready: Ready::default(),
+            upstream: None,
+            upstream_ready: Ready::default(),
+            phase: Phase::Connecting(Box::new(Connecting {
+                snapshot,
+                client_ip,
+                first,
+                tried: 0,
+                attempts,
+                attempt: None,
+                started: Instant::now(),
+                deadline_ms: 0,
+            })),
+            armed_tick: None,
+            last_activity_ms: now,
+        });
+        self.next_attempt(key, now);
+    }
+
+    /// Starts the next connect attempt of connection `key`, or gives up on it.
+    pub(super) fn next_attempt(&mut self, key: usize, now: u64) {
+        let conn = &mut self.conns[key];
+        let generation = conn.generation;
+        let Phase::Connecting(connecting) = &mut conn.phase else {
+            return;
+        };
+        let service = &*self.service;
+        // Dropping the socket closes it; the kernel takes it out of the epoll set.
+        conn.upstream = None;
+        conn.upstream_ready = Ready::default();
+        connecting.attempt = None;
+        while connecting.tried < connecting.attempts {
+            let pool = connecting
+                .snapshot
+                .pool(Protocol::Tcp, self.port)
+                .expect("the pool was found at the pick");
+            let candidates = pool.tier.candidates();
+            let endpoint =
+                &candidates[(connecting.first + connecting.tried) % candidates.len()].endpoint;
+            connecting.tried += 1;
+            let socket = match new_socket(endpoint.addr()) {
+                Ok(socket) => socket,
+                Err(error) => {
+                    tracing::debug!(service = service.name(), %error, "cannot create an upstream socket");
+                    break;
+                }
+            };
+            let attempt = endpoint.attempt();
+            match socket.connect(&endpoint.addr().into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(error) => {
+                    drop(attempt);
+                    service.connect_failed(&connecting.snapshot, endpoint);
+                    tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "connect failed; trying the next endpoint");
+                    continue;
+                }
+            }
+            let mut stream = TcpStream::from_std(socket.into());
+            if let Err(error) = self.poll.registry().register(
+                &mut stream,
+                token(key, generation, upstream_side(connecting.tried - 1)),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::debug!(service = service.name(), %error, "cannot register an upstream socket");
+                break;
+            }
+            let settings = &connecting.snapshot.config.connection;
+            connecting.deadline_ms = now + settings.connect_timeout.as_millis() as u64;
+            connecting.started = Instant::now();
+            connecting.attempt = Some((attempt, Arc::clone(endpoint)));
+            conn.upstream = Some(stream);
+            self.arm(key);
+            return;
+        }
+        service.metrics.connections_failed.increment(1);
+        tracing::debug!(
+            service = service.name(),
+            "no endpoint reachable; closing client connection"
+        );
+        self.close(key);
+    }
+
+    /// The connect of `key` succeeded: count it as tcp.rs does and start forwarding.
+    pub(super) fn established(&mut self, key: usize, now: u64) {
+        let conn = &mut self.conns[key];
+        let Phase::Connecting(connecting) = &mut conn.phase else {
+            return;
+        };
+        let (attempt, endpoint) = connecting.attempt.take().expect("attempt in flight");
+        endpoint.record_connect_success();
+        self.service
+            .metrics
+            .connect_duration
+            .record(connecting.started.elapsed().as_secs_f64());
+        if let Some(pool) = connecting.snapshot.pool(Protocol::Tcp, self.port) {
+            pool.remember(connecting.client_ip, &endpoint);
+        }
+        let settings = &connecting.snapshot.config.connection;
+        let drain = endpoint.drain_token();
+        // Already fired: the deadline counts from now, as the tokio path's `cancelled()`
+        // completes at once.
+        let drain_at_ms = drain
+            .is_cancelled()
+            .then(|| now + drain.grace(settings.drain_timeout).as_millis() as u64);
+        if drain_at_ms.is_none() {
+            match self
+                .watched
+                .iter_mut()
+                .find(|w| Arc::ptr_eq(&w.drain, &drain))
+            {
+                Some(watched) => watched.connections += 1,
+                None => self.watched.push(Watched {
+                    drain: Arc::clone(&drain),
+                    connections: 1,
+                }),
+            }
+        }
+        let buffers = self
+            .buffers
+            .pop()
+            .unwrap_or_else(|| vec![0u8; 2 * BUFFER_SIZE].into_boxed_slice());
+        conn.phase = Phase::Established(Established {
+            active: attempt.established(),
+            buffers,
+            halves: Default::default(),
+            idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
+            drain,
+            drain_timeout: settings.drain_timeout,
+            drain_at_ms,
+        });
+        conn.last_activity_ms = now;
+        self.arm(key);
+    }
+}
+
+/// A non-blocking socket for a connect to `addr`, with the options tcp.rs gives every
+/// upstream connection.
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket)
+}
