@@ -80,6 +80,15 @@ impl SocketGroup {
                     // Checked at startup; a spike's loop serves the socket instead when chosen.
                     match DataPlane::from_env().unwrap_or(DataPlane::Tokio) {
                         DataPlane::Tokio => {}
+                        DataPlane::IoUring => {
+                            let ring_loop = super::spike::uring::serve(
+                                socket,
+                                Arc::clone(service),
+                                port,
+                                stop.clone(),
+                            );
+                            return workers.handle(index).spawn(loops.track_future(ring_loop));
+                        }
                     }
                     let accept_loop = tcp::serve(
                         socket,

@@ -15,6 +15,7 @@ mod prometheus;
 mod proxy;
 mod reload;
 mod shutdown;
+mod spike_uring;
 mod stateful;
 mod udp;
 mod vip;

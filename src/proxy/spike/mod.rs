@@ -7,11 +7,15 @@ use std::sync::OnceLock;
 
 use thiserror::Error;
 
+pub mod uring;
+
 /// Which loop serves TCP listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPlane {
     /// vipd's tokio accept loop and connection tasks (the default).
     Tokio,
+    /// One io_uring per worker socket on a thread of its own (`uring.rs`).
+    IoUring,
 }
 
 /// `VIPD_DATA_PLANE` names no data plane.
@@ -19,26 +23,40 @@ pub enum DataPlane {
 #[error("VIPD_DATA_PLANE={0:?}: expected one of {NAMES}")]
 pub struct UnknownDataPlane(String);
 
-const NAMES: &str = "\"tokio\"";
+const NAMES: &str = "\"tokio\", \"io_uring\"";
 
 impl DataPlane {
     /// Parses a `VIPD_DATA_PLANE` value.
     pub fn parse(value: &str) -> Result<DataPlane, UnknownDataPlane> {
         match value {
             "" | "tokio" => Ok(DataPlane::Tokio),
+            "io_uring" => Ok(DataPlane::IoUring),
             other => Err(UnknownDataPlane(other.to_owned())),
         }
     }
 
     /// The data plane `VIPD_DATA_PLANE` asks for, read once per process.
     pub fn from_env() -> Result<DataPlane, &'static UnknownDataPlane> {
-        static CHOSEN: OnceLock<Result<DataPlane, UnknownDataPlane>> = OnceLock::new();
         CHOSEN
             .get_or_init(|| DataPlane::parse(&std::env::var("VIPD_DATA_PLANE").unwrap_or_default()))
             .as_ref()
             .copied()
     }
+
+    /// Chooses the data plane for this process instead of `VIPD_DATA_PLANE`; refused once the
+    /// choice was read (or set).
+    pub fn set_for_process(plane: DataPlane) -> Result<(), AlreadyChosen> {
+        CHOSEN.set(Ok(plane)).map_err(|_| AlreadyChosen)
+    }
 }
+
+/// The data plane of this process was already read or set.
+#[derive(Debug, Error)]
+#[error("the data plane of this process was already chosen")]
+pub struct AlreadyChosen;
+
+/// The process's data plane, read once.
+static CHOSEN: OnceLock<Result<DataPlane, UnknownDataPlane>> = OnceLock::new();
 
 #[cfg(test)]
 mod tests {
