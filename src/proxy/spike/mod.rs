@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use thiserror::Error;
 
 pub mod mio_loop;
+pub mod uring;
 
 /// Which loop serves TCP listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum DataPlane {
     Tokio,
     /// Spike (a): vipd's own edge-triggered epoll loop on mio ([`mio_loop`]).
     Mio,
+    /// Spike (b): one io_uring per worker socket on a thread of its own ([`uring`]).
+    IoUring,
 }
 
 /// `VIPD_DATA_PLANE` names no data plane.
@@ -24,7 +27,7 @@ pub enum DataPlane {
 #[error("VIPD_DATA_PLANE={0:?}: expected one of {NAMES}")]
 pub struct UnknownDataPlane(String);
 
-const NAMES: &str = "\"tokio\", \"mio\"";
+const NAMES: &str = "\"tokio\", \"mio\", \"io_uring\"";
 
 impl DataPlane {
     /// Parses a `VIPD_DATA_PLANE` value.
@@ -32,6 +35,7 @@ impl DataPlane {
         match value {
             "" | "tokio" => Ok(DataPlane::Tokio),
             "mio" => Ok(DataPlane::Mio),
+            "io_uring" => Ok(DataPlane::IoUring),
             other => Err(UnknownDataPlane(other.to_owned())),
         }
     }
