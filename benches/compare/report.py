@@ -6,12 +6,11 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGETS = ["direct", "vipd", "vipd-mio", "vipd-uring", "haproxy", "haproxy-splice", "nginx"]
+TARGETS = ["direct", "vipd", "vipd-mio", "haproxy", "haproxy-splice", "nginx"]
 HEADERS = {
     "direct": "direct",
     "vipd": "vipd",
     "vipd-mio": "vipd (mio loop)",
-    "vipd-uring": "vipd (io_uring loop)",
     "haproxy": "HAProxy tcp",
     "haproxy-splice": "HAProxy + splice-auto",
     "nginx": "nginx stream",

@@ -90,15 +90,6 @@ impl SocketGroup {
                             );
                             return workers.handle(index).spawn(loops.track_future(mio_loop));
                         }
-                        DataPlane::IoUring => {
-                            let ring_loop = super::spike::uring::serve(
-                                socket,
-                                Arc::clone(service),
-                                port,
-                                stop.clone(),
-                            );
-                            return workers.handle(index).spawn(loops.track_future(ring_loop));
-                        }
                     }
                     let accept_loop = tcp::serve(
                         socket,

@@ -16,7 +16,6 @@ mod proxy;
 mod reload;
 mod shutdown;
 mod spike_mio;
-mod spike_uring;
 mod stateful;
 mod udp;
 mod vip;
