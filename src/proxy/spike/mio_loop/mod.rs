@@ -1,5 +1,5 @@
-//! Spike (a): vipd's own edge-triggered epoll loop on `mio` for one TCP worker socket, in place
-//! of tokio's accept loop and connection tasks (`tcp.rs`, `copy.rs`).
+//! vipd's own edge-triggered epoll loop on `mio` for one TCP worker socket, in place of tokio's
+//! accept loop and connection tasks (`tcp.rs`, `copy.rs`), chosen by `VIPD_DATA_PLANE=mio`.
 //!
 //! One dedicated thread per worker socket runs [`EventLoop`]: it accepts until `WouldBlock`,
 //! picks and connects exactly as `tcp.rs` does (same snapshot, rotation, affinity, failover,
@@ -19,7 +19,7 @@
 //! up to `DRAIN_POLL_MS` more before a drain starts (and before `on_marked_down = "close"` cuts
 //! connections), next to drain timeouts of seconds.
 //!
-//! Left out of the spike: splice (bulk flows are copied through userspace), and buffers are
+//! Not here yet (tokio's path has them): splice (bulk flows are copied through userspace), and buffers are
 //! held for a connection's whole life (copy.rs holds none while waiting).
 
 mod conn;
