@@ -15,6 +15,47 @@ use crate::service::snapshot::Snapshot;
 /// Bytes each direction of an established connection buffers.
 pub const BUFFER_SIZE: usize = 16 * 1024;
 
+/// The loop's spare buffer pairs. A connection takes a pair when it has something to move and
+/// gives it back as soon as neither direction holds bytes its destination has not taken: an
+/// idle connection (or a request/response one between messages) holds no buffer, and a loop
+/// needs about as many pairs as it has connections with a backed-up destination.
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    free: Vec<Box<[u8]>>,
+    /// Pairs kept at most; more are freed.
+    keep: usize,
+}
+
+impl BufferPool {
+    /// A pool that keeps at most `keep` spare pairs.
+    pub fn new(keep: usize) -> Self {
+        BufferPool {
+            free: Vec::new(),
+            keep,
+        }
+    }
+
+    /// A pair of `BUFFER_SIZE` buffers, spare or new.
+    pub fn take(&mut self) -> Box<[u8]> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; 2 * BUFFER_SIZE].into_boxed_slice())
+    }
+
+    /// Returns a pair for reuse.
+    pub fn give(&mut self, pair: Box<[u8]>) {
+        if self.free.len() < self.keep {
+            self.free.push(pair);
+        }
+    }
+
+    /// Spare pairs now.
+    #[cfg(test)]
+    pub fn spare(&self) -> usize {
+        self.free.len()
+    }
+}
+
 /// Edge-triggered readiness of one socket as last reported: set by events, cleared when an
 /// operation would block (or returned short, which on a TCP socket means the same).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +83,11 @@ impl Half {
     /// EOF read and every byte written on: the direction is over.
     pub fn finished(&self) -> bool {
         self.eof && self.start == self.end
+    }
+
+    /// No byte waits for the destination.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
     }
 
     pub fn is_shut(&self) -> bool {
@@ -143,8 +189,9 @@ pub struct Connecting {
 #[derive(Debug)]
 pub struct Established {
     pub active: ActiveConnection,
-    /// `BUFFER_SIZE` bytes client → endpoint, then `BUFFER_SIZE` endpoint → client.
-    pub buffers: Box<[u8]>,
+    /// `BUFFER_SIZE` bytes client → endpoint, then `BUFFER_SIZE` endpoint → client; held only
+    /// while a direction has bytes its destination has not taken (see [`BufferPool`]).
+    pub buffers: Option<Box<[u8]>>,
     /// Client → endpoint, endpoint → client.
     pub halves: [Half; 2],
     pub idle_timeout_ms: u64,
@@ -202,12 +249,17 @@ impl Conn {
     /// outbound)` and shuts a destination's sending side down when its direction ends first.
     /// Returns `Complete` once both directions ended: the caller then closes both sockets,
     /// and that close sends the FIN of the direction that ended last.
-    pub fn forward(&mut self, now_ms: u64) -> io::Result<(Flow, Moved, Moved)> {
+    pub fn forward(
+        &mut self,
+        now_ms: u64,
+        pool: &mut BufferPool,
+    ) -> io::Result<(Flow, Moved, Moved)> {
         let Phase::Established(established) = &mut self.phase else {
             return Ok((Flow::Open, Moved::default(), Moved::default()));
         };
         let upstream = self.upstream.as_mut().expect("established has an upstream");
-        let (inbound_buffer, outbound_buffer) = established.buffers.split_at_mut(BUFFER_SIZE);
+        let buffers = established.buffers.get_or_insert_with(|| pool.take());
+        let (inbound_buffer, outbound_buffer) = buffers.split_at_mut(BUFFER_SIZE);
         let [inbound, outbound] = &mut established.halves;
         let moved_in = pump(
             inbound,
@@ -224,7 +276,15 @@ impl Conn {
             &mut self.upstream_ready,
             &mut self.client,
             &mut self.client_ready,
-        )?;
+        );
+        if inbound.is_empty()
+            && outbound.is_empty()
+            && let Some(pair) = established.buffers.take()
+        {
+            // Nothing waits in either direction: the pair serves other connections meanwhile.
+            pool.give(pair);
+        }
+        let moved_out = moved_out?;
         if moved_in.read + moved_in.written + moved_out.read + moved_out.written > 0 {
             self.last_activity_ms = now_ms;
         }
@@ -522,7 +582,7 @@ mod tests {
             upstream_ready: Ready::default(),
             phase: Phase::Established(Established {
                 active: endpoint.attempt().established(),
-                buffers: vec![0; 2 * BUFFER_SIZE].into_boxed_slice(),
+                buffers: None,
                 halves: Default::default(),
                 idle_timeout_ms: 1_000,
                 drain: endpoint.drain_token(),
@@ -537,9 +597,19 @@ mod tests {
 
     /// Waits for events (as the loop does) and forwards until `until` holds of the flow.
     fn drive(poll: &mut mio::Poll, conn: &mut Conn, until: impl Fn(&Conn, &Flow) -> bool) -> Flow {
+        drive_with(poll, conn, &mut BufferPool::new(4), until)
+    }
+
+    /// [`drive`] taking buffers from `pool`.
+    fn drive_with(
+        poll: &mut mio::Poll,
+        conn: &mut Conn,
+        pool: &mut BufferPool,
+        until: impl Fn(&Conn, &Flow) -> bool,
+    ) -> Flow {
         let mut events = mio::Events::with_capacity(16);
         loop {
-            let (flow, _, _) = conn.forward(1).unwrap();
+            let (flow, _, _) = conn.forward(1, pool).unwrap();
             if until(conn, &flow) {
                 return flow;
             }
@@ -590,6 +660,45 @@ mod tests {
         let mut answer = Vec::new();
         client_far.read_to_end(&mut answer).unwrap();
         assert_eq!(answer, b"answer");
+    }
+
+    fn holds_buffers(conn: &Conn) -> bool {
+        matches!(&conn.phase, Phase::Established(e) if e.buffers.is_some())
+    }
+
+    #[test]
+    fn a_connection_holds_buffers_only_while_bytes_wait() {
+        let mut poll = mio::Poll::new().unwrap();
+        let (mut conn, mut client_far, mut upstream_far) = established(&poll);
+        let mut pool = BufferPool::new(4);
+        assert!(!holds_buffers(&conn), "none before the first byte");
+        client_far.write_all(b"ping").unwrap();
+        drive_with(&mut poll, &mut conn, &mut pool, |c, _| {
+            c.last_activity_ms == 1
+        });
+        let mut got = [0u8; 4];
+        upstream_far.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        // Everything was written on: the pair went back to the pool.
+        assert!(!holds_buffers(&conn));
+        assert_eq!(pool.spare(), 1);
+
+        // A destination that cannot take bytes (its last write said so): what was read stays
+        // in the pair until it can.
+        conn.upstream_ready.writable = false;
+        conn.last_activity_ms = 0;
+        client_far.write_all(b"pong").unwrap();
+        drive_with(&mut poll, &mut conn, &mut pool, |c, _| {
+            c.last_activity_ms == 1
+        });
+        assert!(holds_buffers(&conn));
+        assert_eq!(pool.spare(), 0);
+        conn.upstream_ready.writable = true;
+        conn.forward(2, &mut pool).unwrap();
+        upstream_far.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+        assert!(!holds_buffers(&conn));
+        assert_eq!(pool.spare(), 1);
     }
 
     #[test]

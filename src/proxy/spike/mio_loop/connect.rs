@@ -11,7 +11,7 @@ use mio::Interest;
 use mio::net::TcpStream;
 use socket2::{Domain, Socket, Type};
 
-use super::conn::{BUFFER_SIZE, Conn, Connecting, Established, Phase, Ready};
+use super::conn::{Conn, Connecting, Established, Phase, Ready};
 use super::{CLIENT, EventLoop, Watched, token, upstream_side};
 use crate::balance::affinity_timeout;
 use crate::config::Protocol;
@@ -184,13 +184,10 @@ impl EventLoop {
                 }),
             }
         }
-        let buffers = self
-            .buffers
-            .pop()
-            .unwrap_or_else(|| vec![0u8; 2 * BUFFER_SIZE].into_boxed_slice());
         conn.phase = Phase::Established(Established {
             active: attempt.established(),
-            buffers,
+            // Taken when there is something to move.
+            buffers: None,
             halves: Default::default(),
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
             drain,

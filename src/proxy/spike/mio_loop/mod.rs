@@ -19,8 +19,10 @@
 //! up to `DRAIN_POLL_MS` more before a drain starts (and before `on_marked_down = "close"` cuts
 //! connections), next to drain timeouts of seconds.
 //!
-//! Not here yet (tokio's path has them): splice (bulk flows are copied through userspace), and buffers are
-//! held for a connection's whole life (copy.rs holds none while waiting).
+//! A connection holds its buffer pair only while bytes wait for a destination that has not
+//! taken them ([`conn::BufferPool`]): idle connections hold none.
+//!
+//! Not here yet (tokio's path has it): splice (bulk flows are copied through userspace).
 
 mod conn;
 mod connect;
@@ -39,7 +41,7 @@ use socket2::SockRef;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::conn::{Conn, Flow, Phase};
+use self::conn::{BufferPool, Conn, Flow, Phase};
 use self::wheel::Wheel;
 use crate::service::ServiceState;
 use crate::service::drain::Drain;
@@ -166,7 +168,7 @@ pub struct EventLoop {
     next_generation: u32,
     wheel: Wheel,
     fired: Vec<(usize, u32, u64)>,
-    buffers: Vec<Box<[u8]>>,
+    buffers: BufferPool,
     watched: Vec<Watched>,
     next_drain_poll_ms: u64,
     accept_backoff: Duration,
@@ -202,7 +204,7 @@ impl EventLoop {
             next_generation: 0,
             wheel: Wheel::new(SLOTS, TICK_MS, 0),
             fired: Vec::new(),
-            buffers: Vec::new(),
+            buffers: BufferPool::new(FREE_BUFFERS_MAX),
             watched: Vec::new(),
             next_drain_poll_ms: DRAIN_POLL_MS,
             accept_backoff: ACCEPT_BACKOFF_MIN,
@@ -380,7 +382,7 @@ impl EventLoop {
             self.established(key, now);
         }
         let conn = &mut self.conns[key];
-        let result = conn.forward(now);
+        let result = conn.forward(now, &mut self.buffers);
         match result {
             Ok((flow, moved_in, moved_out)) => {
                 if let Phase::Established(established) = &conn.phase {
@@ -418,8 +420,8 @@ impl EventLoop {
                     self.watched.swap_remove(i);
                 }
             }
-            if self.buffers.len() < FREE_BUFFERS_MAX {
-                self.buffers.push(established.buffers);
+            if let Some(pair) = established.buffers {
+                self.buffers.give(pair);
             }
         }
     }
