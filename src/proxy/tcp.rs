@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 use super::copy::{self, ByteCounters, CopyEnd, Limits};
 use crate::balance::affinity_timeout;
 use crate::config::Protocol;
+use crate::service::ServiceState;
 use crate::service::endpoint::ActiveConnection;
-use crate::service::{Rotation, ServiceState};
 
 /// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -162,19 +162,7 @@ async fn connect(
     client: &TcpStream,
 ) -> Option<(ActiveConnection, TcpStream, Timeouts)> {
     let snapshot = service.snapshot();
-    // The port can be gone when a reload removed it after this connection was accepted.
-    let pool = snapshot.pool(Protocol::Tcp, port)?;
-    match pool.rotation {
-        Rotation::Primary | Rotation::Backup => {}
-        Rotation::FailedOpen => service.metrics.no_healthy_endpoints.increment(1),
-        Rotation::Closed => {
-            if !snapshot.endpoints.is_empty() {
-                // Endpoints exist but none is in rotation, and the service fails closed.
-                service.metrics.no_healthy_endpoints.increment(1);
-            }
-            return None;
-        }
-    }
+    let pool = service.placement_pool(&snapshot, Protocol::Tcp, port)?;
     let candidates = pool.tier.candidates();
     let settings = &snapshot.config.connection;
     let timeouts = Timeouts {

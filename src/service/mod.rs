@@ -310,6 +310,32 @@ impl ServiceState {
         self.snapshot.load()
     }
 
+    /// The pool of service port `port` (`protocol`) when a new connection or UDP flow may be
+    /// placed on it: `None` when the port is gone (a reload removed it since) or the service
+    /// fails closed with no endpoint in rotation. Counts `vipd_no_healthy_endpoints_total` for
+    /// a placement that finds none in rotation (routed fail-open, or refused while endpoints
+    /// exist).
+    pub fn placement_pool<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        protocol: config::Protocol,
+        port: u16,
+    ) -> Option<&'s PortPool> {
+        let pool = snapshot.pool(protocol, port)?;
+        match pool.rotation {
+            Rotation::Primary | Rotation::Backup => {}
+            Rotation::FailedOpen => self.metrics.no_healthy_endpoints.increment(1),
+            Rotation::Closed => {
+                if !snapshot.endpoints.is_empty() {
+                    // Endpoints exist but none is in rotation, and the service fails closed.
+                    self.metrics.no_healthy_endpoints.increment(1);
+                }
+                return None;
+            }
+        }
+        Some(pool)
+    }
+
     /// Counts a failed connect to `endpoint` (a refused or unreachable UDP send counts too) and
     /// tells the owner task when outlier detection may want to eject it.
     pub fn connect_failed(&self, snapshot: &Snapshot, endpoint: &Endpoint) {

@@ -647,20 +647,9 @@ fn usable_pool<'s>(
     snapshot: &'s Snapshot,
     port: u16,
 ) -> Result<&'s PortPool, UdpDrop> {
-    // The port can be gone when a reload removed it while this socket closes.
-    let pool = snapshot.pool(Protocol::Udp, port);
-    match pool.map(|p| p.rotation) {
-        Some(Rotation::Primary | Rotation::Backup) => {}
-        Some(Rotation::FailedOpen) => service.metrics.no_healthy_endpoints.increment(1),
-        Some(Rotation::Closed) | None => {
-            if !snapshot.endpoints.is_empty() {
-                // Endpoints exist but none is in rotation, and the service fails closed.
-                service.metrics.no_healthy_endpoints.increment(1);
-            }
-            return Err(UdpDrop::NoEndpoint);
-        }
-    }
-    pool.ok_or(UdpDrop::NoEndpoint)
+    service
+        .placement_pool(snapshot, Protocol::Udp, port)
+        .ok_or(UdpDrop::NoEndpoint)
 }
 
 /// A new upstream socket to `endpoint`, registered with this worker's runtime.

@@ -15,28 +15,16 @@ use super::conn::{Conn, Connecting, Established, Phase, Ready};
 use super::{CLIENT, EventLoop, Watched, token, upstream_side};
 use crate::balance::affinity_timeout;
 use crate::config::Protocol;
-use crate::service::Rotation;
 
 impl EventLoop {
     /// A new client: pick as tcp.rs's `connect` does, then start the first attempt.
     pub(super) fn start(&mut self, mut client: TcpStream, peer: SocketAddr, now: u64) {
         let service = &*self.service;
         let snapshot = service.snapshot();
-        let Some(pool) = snapshot.pool(Protocol::Tcp, self.port) else {
+        let Some(pool) = service.placement_pool(&snapshot, Protocol::Tcp, self.port) else {
             service.metrics.connections_failed.increment(1);
             return;
         };
-        match pool.rotation {
-            Rotation::Primary | Rotation::Backup => {}
-            Rotation::FailedOpen => service.metrics.no_healthy_endpoints.increment(1),
-            Rotation::Closed => {
-                if !snapshot.endpoints.is_empty() {
-                    service.metrics.no_healthy_endpoints.increment(1);
-                }
-                service.metrics.connections_failed.increment(1);
-                return;
-            }
-        }
         let candidates = pool.tier.candidates().len();
         let client_ip = pool.needs_client.then(|| peer.ip());
         let first = pool.first(
