@@ -4,8 +4,9 @@
 //! - `udp_flow_lookup/N`: the flow of a client address in a table of N flows.
 //! - `udp_datagram_in/N`: a client datagram on an existing flow: lookup, stamp, the endpoint's
 //!   rotation check, and the datagram and byte counters.
-//! - `udp_datagram_out/N`: a reply: its slot marked ready by the socket's waker and taken by
-//!   the loop, the flow stamped, the endpoint's failure run checked, the counters.
+//! - `udp_datagram_out/N`: a reply: its flow put on the port's ready list (as the loop does for
+//!   the socket's readiness event) and taken from it, the flow stamped, the endpoint's failure
+//!   run checked, the counters.
 //! - `udp_flow_open_close`: a flow's bookkeeping from start to end (the count against
 //!   `max_udp_flows`, the endpoint's flow count and gauge, the table entry), without its socket.
 //!
@@ -30,7 +31,6 @@ use std::os::fd::AsFd;
 use criterion::{Criterion, criterion_group, criterion_main};
 use vipd::proxy::udp::batch::{self, SLOTS, Slots};
 use vipd::proxy::udp::flows::{FlowTable, Route};
-use vipd::proxy::udp::ready::ReadySet;
 
 mod support;
 
@@ -111,21 +111,17 @@ fn datagram_out(c: &mut Criterion) {
     vipd::metrics::install();
     for size in SIZES {
         let (mut table, _, ids) = table(size);
-        let mut ready = ReadySet::new();
-        ready.cover(table.slots() - 1);
+        let mut ready = Vec::with_capacity(64);
         let mut next = scattered(size);
         let stamp = table.stamp(tokio::time::Instant::now());
         c.bench_function(&format!("udp_datagram_out/{size}"), |b| {
             b.iter(|| {
-                let id = ids[next()];
-                ready.waker(id).wake_by_ref();
-                for chunk in 0..ready.chunks() {
-                    ready.take(chunk, |slot| {
-                        let flow = table.get_mut(slot).expect("a live flow");
-                        flow.touch(stamp);
-                        flow.endpoint().record_connect_success();
-                        flow.endpoint().datagrams_out(1, black_box(LEN));
-                    });
+                ready.push(black_box(ids[next()]));
+                for id in ready.drain(..) {
+                    let flow = table.get_mut(id).expect("a live flow");
+                    flow.touch(stamp);
+                    flow.endpoint().record_connect_success();
+                    flow.endpoint().datagrams_out(1, black_box(LEN));
                 }
             })
         });

@@ -236,8 +236,6 @@ impl App {
             None => None,
         };
         let root = CancellationToken::new();
-        // A data plane under evaluation, named in the environment: refused at once if unknown.
-        crate::proxy::spike::DataPlane::from_env()?;
         let workers = config
             .runtime
             .workers

@@ -6,11 +6,10 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGETS = ["direct", "vipd", "vipd-mio", "haproxy", "haproxy-splice", "nginx"]
+TARGETS = ["direct", "vipd", "haproxy", "haproxy-splice", "nginx"]
 HEADERS = {
     "direct": "direct",
     "vipd": "vipd",
-    "vipd-mio": "vipd (mio loop)",
     "haproxy": "HAProxy tcp",
     "haproxy-splice": "HAProxy + splice-auto",
     "nginx": "nginx stream",

@@ -16,8 +16,7 @@
 #
 # Usage (as root, from anywhere): benches/compare/run.sh
 # Environment: RUNS rounds (5), DURATION seconds per timed workload (3), IDLE_CONNS (5000),
-#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx", plus "vipd-mio",
-#              vipd on its own mio data-plane loop),
+#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
 #              WORKLOADS (subset of "idle bulk rr crr udp udp-bulk redis pgbench"),
 #              VIPD (path to a vipd binary; default: cargo build --release),
 #              REDIS_N_P1, REDIS_N_P16 (requests per redis-benchmark test; default: calibrated
@@ -44,10 +43,7 @@ REDIS_PORT=6379
 PG_PORT=5432
 # One PostgreSQL, on the first backend address.
 PG_IP=${BACKENDS[0]}
-# vipd-mio: the same vipd binary and config with the TCP data plane of vipd's own mio loop
-# (VIPD_DATA_PLANE=mio, src/proxy/spike/); not in the default TARGETS.
-declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [vipd-mio]=127.0.0.85
-  [haproxy]=127.0.0.82
+declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
   [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
 read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
 read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp udp-bulk redis pgbench}"
@@ -416,11 +412,6 @@ start_proxy() {
   case $1 in
     direct) return 0 ;;
     vipd) "$VIPD" run --config "$WORK/vipd.toml" >"$WORK/vipd.log" 2>&1 & ;;
-    vipd-mio)
-      local plane=${1#vipd-}
-      sed "s/${PROXY_IP[vipd]}/${PROXY_IP[$1]}/g" "$WORK/vipd.toml" >"$WORK/$1.toml"
-      VIPD_DATA_PLANE=$plane "$VIPD" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
-      ;;
     haproxy | haproxy-splice) haproxy -db -f "$WORK/$1.cfg" >"$WORK/$1.log" 2>&1 & ;;
     nginx) nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
       -g 'daemon off;' >"$WORK/nginx.log" 2>&1 & ;;

@@ -1,6 +1,6 @@
 //! The sockets of one service address: a TCP listener group or a UDP socket group, one socket
 //! per data-plane worker, bound together (so a reload can bind everything before it changes
-//! anything) and then each served on its own worker.
+//! anything) and then each handed to its own worker's event loop.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,9 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::spike::DataPlane;
 use super::workers::Workers;
-use super::{listener, tcp, udp};
+use super::{listener, udp};
 use crate::config::Protocol;
 use crate::config::diff::Listen;
 use crate::service::ServiceState;
@@ -61,8 +60,9 @@ impl SocketGroup {
         self.len() == 0
     }
 
-    /// Serves socket `i` on worker `i` for service port `port` until `stop`: TCP accept loops
-    /// (whose connections go to `connections`) or UDP serve loops, each tracked by `loops`.
+    /// Serves socket `i` on worker `i` for service port `port` until `stop`: TCP listeners
+    /// (whose connections hold a token of `connections` while they last) or UDP ports. Each
+    /// returned task, tracked by `loops`, ends once its socket is closed.
     pub fn serve(
         self,
         service: &Arc<ServiceState>,
@@ -77,36 +77,23 @@ impl SocketGroup {
                 .into_iter()
                 .enumerate()
                 .map(|(index, socket)| {
-                    // Checked at startup; a spike's loop serves the socket instead when chosen.
-                    match DataPlane::current() {
-                        DataPlane::Tokio => {}
-                        DataPlane::Mio => {
-                            let mio_loop = super::spike::mio_loop::serve(
-                                socket,
-                                Arc::clone(service),
-                                port,
-                                stop.clone(),
-                                connections.clone(),
-                            );
-                            return workers.handle(index).spawn(loops.track_future(mio_loop));
-                        }
-                    }
-                    let accept_loop = tcp::serve(
+                    let served = workers.serve_tcp(
+                        index,
                         socket,
                         Arc::clone(service),
                         port,
-                        stop.clone(),
-                        connections.clone(),
+                        stop,
+                        connections,
                     );
-                    workers.handle(index).spawn(loops.track_future(accept_loop))
+                    tokio::spawn(loops.track_future(served))
                 })
                 .collect(),
             SocketGroup::Udp(group) => group
                 .into_iter()
                 .enumerate()
                 .map(|(index, socket)| {
-                    let serve_loop = udp::serve(socket, Arc::clone(service), port, stop.clone());
-                    workers.handle(index).spawn(loops.track_future(serve_loop))
+                    let served = workers.serve_udp(index, socket, Arc::clone(service), port, stop);
+                    tokio::spawn(loops.track_future(served))
                 })
                 .collect(),
         }

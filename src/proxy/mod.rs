@@ -3,22 +3,16 @@
 //!
 //! - [`listener`]: binding a TCP service port.
 //! - [`group`]: the sockets of one service address (TCP or UDP, one per worker), bound and
-//!   served on the workers.
-//! - [`tcp`]: the accept loop and per-connection handling.
-//! - [`copy`]: bidirectional forwarding with half-close and idle timeout.
-//! - [`udp`]: UDP flows: the serve loop, the flow table, the sockets.
-//! - [`workers`]: the threads connections run on, one runtime and one listening socket each.
-//! - `splice` and `pipe_pool` (Linux): zero-copy forwarding of bulk flows through pooled pipes.
-//! - [`spike`]: alternative TCP data-plane loops under evaluation (`VIPD_DATA_PLANE`).
+//!   handed to the workers.
+//! - [`workers`]: the data-plane threads, one event loop and one socket of every service
+//!   address each.
+//! - [`event_loop`]: a worker's loop: TCP connections from accept to close, UDP ports.
+//! - [`udp`]: UDP flows: the port's path, the flow table, the sockets, batched I/O.
+//! - [`pipe_pool`]: the pipes bulk TCP directions splice through.
 
-pub mod copy;
+pub mod event_loop;
 pub mod group;
 pub mod listener;
-#[cfg(target_os = "linux")]
 pub mod pipe_pool;
-pub mod spike;
-#[cfg(target_os = "linux")]
-pub mod splice;
-pub mod tcp;
 pub mod udp;
 pub mod workers;

@@ -1,49 +1,45 @@
-//! The data plane's threads. Each worker runs its own single-threaded tokio runtime, with its
-//! own I/O driver and timers, and accepts from its own listening socket of every service port
-//! (a `SO_REUSEPORT` group on Linux, see [`super::listener::bind_tcp_group`] and
-//! [`super::udp::bind_udp_group`]). A connection stays on the worker that accepted it from
-//! accept to close, and a UDP flow on the worker its client's address hashes to: no work
-//! stealing, no wake-ups across threads, and its sockets' kernel state stays warm in one CPU's
-//! caches — the model of nginx's and HAProxy's workers. The control plane (owner tasks, probes, admin, DNS) runs on
-//! the caller's runtime and talks to connections only through atomics, tokens and channels.
+//! The data plane's threads. Each worker runs its own event loop ([`EventLoop`]: one epoll set,
+//! one timer wheel) and serves its own socket of every service address (a `SO_REUSEPORT` group
+//! on Linux, see [`super::listener::bind_tcp_group`] and [`super::udp::bind_udp_group`]). A
+//! connection stays on the worker that accepted it from accept to close, and a UDP flow on the
+//! worker its client's address hashes to: no work stealing, no wake-ups across threads, and its
+//! sockets' kernel state stays warm in one CPU's caches — the model of nginx's and HAProxy's
+//! workers. The control plane (owner tasks, probes, admin, DNS) runs on tokio and talks to the
+//! loops only through their command channels, atomics and tokens.
 
 use std::io;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::event_loop::{Command, EventLoop, LoopHandle, LoopWaker};
+use crate::service::ServiceState;
 
 /// Running data-plane worker threads. Dropping it stops them; [`Workers::stop`] also waits.
 #[derive(Debug)]
 pub struct Workers {
-    handles: Vec<Handle>,
+    loops: Vec<LoopHandle>,
     threads: Vec<JoinHandle<()>>,
-    stop: CancellationToken,
 }
 
 impl Workers {
-    /// Starts `count` worker threads, each with a runtime of its own.
+    /// Starts `count` worker threads, each with an event loop of its own.
     pub fn start(count: NonZeroUsize) -> io::Result<Workers> {
-        let stop = CancellationToken::new();
         let mut workers = Workers {
-            handles: Vec::with_capacity(count.get()),
+            loops: Vec::with_capacity(count.get()),
             threads: Vec::with_capacity(count.get()),
-            stop: stop.clone(),
         };
         for index in 0..count.get() {
             // Built here so a failure is returned rather than panicking on the new thread.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            workers.handles.push(runtime.handle().clone());
-            let stop = stop.clone();
+            let (event_loop, handle) = EventLoop::new()?;
+            workers.loops.push(handle);
             let thread = std::thread::Builder::new()
                 .name(format!("vipd-worker-{index}"))
-                .spawn(move || {
-                    runtime.block_on(stop.cancelled());
-                    // Dropping the runtime here drops whatever tasks are left on it.
-                })?;
+                .spawn(move || event_loop.run())?;
             workers.threads.push(thread);
         }
         Ok(workers)
@@ -51,18 +47,68 @@ impl Workers {
 
     /// The number of workers (always at least 1).
     pub fn count(&self) -> usize {
-        self.handles.len()
+        self.loops.len()
     }
 
-    /// The runtime of worker `index` (modulo the worker count).
-    pub fn handle(&self, index: usize) -> &Handle {
-        &self.handles[index % self.handles.len()]
+    /// Has worker `index` (modulo the count) accept on `listener` for service port `port`
+    /// until `stop`. The future resolves once the listener is closed (or the worker is gone);
+    /// `connections` holds a token until the last connection it accepted has ended.
+    pub fn serve_tcp(
+        &self,
+        index: usize,
+        listener: std::net::TcpListener,
+        service: Arc<ServiceState>,
+        port: u16,
+        stop: &CancellationToken,
+        connections: &TaskTracker,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let handle = self.handle(index);
+        let (closed, stopped) = oneshot::channel();
+        // Cancelled with `stop`, or when the future is dropped (see `StopOnDrop`).
+        let listen_stop = stop.child_token();
+        let command = Command::Tcp {
+            listener,
+            service,
+            port,
+            stop: listen_stop.clone(),
+            closed,
+            held: connections.token(),
+        };
+        served(handle, command, listen_stop, stopped)
     }
 
-    /// Stops every worker and waits until their threads have exited. Tasks still on a
-    /// worker's runtime are dropped: stop the listeners and drain connections first.
+    /// Has worker `index` (modulo the count) serve the UDP `socket` of service port `port`
+    /// until `stop`. The future resolves once the socket is closed and its flows ended (or the
+    /// worker is gone).
+    pub fn serve_udp(
+        &self,
+        index: usize,
+        socket: std::net::UdpSocket,
+        service: Arc<ServiceState>,
+        port: u16,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let handle = self.handle(index);
+        let (closed, stopped) = oneshot::channel();
+        let listen_stop = stop.child_token();
+        let command = Command::Udp {
+            socket,
+            service,
+            port,
+            stop: listen_stop.clone(),
+            closed,
+        };
+        served(handle, command, listen_stop, stopped)
+    }
+
+    fn handle(&self, index: usize) -> &LoopHandle {
+        &self.loops[index % self.loops.len()]
+    }
+
+    /// Stops every worker and waits until their threads have exited. Connections still open
+    /// on a worker are dropped: stop the listeners and drain connections first.
     pub async fn stop(mut self) {
-        self.stop.cancel();
+        self.detach();
         let threads = std::mem::take(&mut self.threads);
         // Joining blocks: keep it off the caller's runtime thread.
         let _ = tokio::task::spawn_blocking(move || {
@@ -72,12 +118,57 @@ impl Workers {
         })
         .await;
     }
+
+    /// Lets go of the loops: each ends once it sees its command channel closed.
+    fn detach(&mut self) {
+        self.loops.clear();
+    }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
         // The threads exit on their own once told to; nothing here waits for them.
-        self.stop.cancel();
+        self.detach();
+    }
+}
+
+/// Hands `command` to the loop behind `handle` at once, and returns a future that waits until
+/// the loop has closed the socket: after `stop` fired, or at once when the loop is gone.
+fn served(
+    handle: &LoopHandle,
+    command: Command,
+    stop: CancellationToken,
+    stopped: oneshot::Receiver<()>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let sent = handle.send(command);
+    let waker = handle.waker();
+    async move {
+        if !sent {
+            return;
+        }
+        let stop_on_drop = StopOnDrop { stop, waker };
+        let mut stopped = stopped;
+        tokio::select! {
+            _ = stop_on_drop.stop.cancelled() => {}
+            _ = &mut stopped => return,
+        }
+        stop_on_drop.waker.wake();
+        let _ = stopped.await;
+    }
+}
+
+/// Tells the loop to close its socket when the serving future goes away early.
+struct StopOnDrop {
+    stop: CancellationToken,
+    waker: LoopWaker,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.stop.is_cancelled() {
+            self.stop.cancel();
+            self.waker.wake();
+        }
     }
 }
 
@@ -91,22 +182,18 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn tasks_run_on_the_worker_threads_and_stop_ends_them() {
-        let workers = Workers::start(NonZeroUsize::new(2).unwrap()).unwrap();
-        assert_eq!(workers.count(), 2);
-        let mut names = Vec::new();
-        for index in 0..3 {
-            let name = workers
-                .handle(index)
-                .spawn(async { std::thread::current().name().map(str::to_owned) })
-                .await
-                .unwrap();
-            names.push(name.unwrap());
-        }
-        assert_eq!(names, ["vipd-worker-0", "vipd-worker-1", "vipd-worker-0"]);
-        let probe = workers.handle(1).clone();
-        workers.stop().await;
-        // A stopped worker's runtime is gone: what is spawned there never runs.
-        assert!(probe.spawn(async {}).await.is_err());
+    async fn stop_ends_every_worker_thread() {
+        let workers = Workers::start(NonZeroUsize::new(3).unwrap()).unwrap();
+        assert_eq!(workers.count(), 3);
+        let threads: Vec<std::thread::Thread> =
+            workers.threads.iter().map(|t| t.thread().clone()).collect();
+        let names: Vec<_> = threads
+            .iter()
+            .map(|t| t.name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["vipd-worker-0", "vipd-worker-1", "vipd-worker-2"]);
+        tokio::time::timeout(std::time::Duration::from_secs(10), workers.stop())
+            .await
+            .expect("every worker thread ends");
     }
 }

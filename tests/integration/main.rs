@@ -15,7 +15,6 @@ mod prometheus;
 mod proxy;
 mod reload;
 mod shutdown;
-mod spike_mio;
 mod stateful;
 mod udp;
 mod vip;

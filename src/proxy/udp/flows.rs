@@ -293,8 +293,8 @@ mod tests {
 
     #[test]
     fn per_flow_state_is_small() {
-        let size = std::mem::size_of::<Flow<tokio::net::UdpSocket>>();
-        let slot = std::mem::size_of::<Option<Flow<tokio::net::UdpSocket>>>();
+        let size = std::mem::size_of::<Flow<std::net::UdpSocket>>();
+        let slot = std::mem::size_of::<Option<Flow<std::net::UdpSocket>>>();
         // The map entry (client address → id) comes on top: size_of::<(SocketAddr, FlowId)>().
         let entry = std::mem::size_of::<(SocketAddr, FlowId)>();
         println!("flow {size} B, slot {slot} B, map entry {entry} B");

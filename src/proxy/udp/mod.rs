@@ -1,11 +1,13 @@
-//! UDP data path: one serve loop per worker socket of a UDP service port.
+//! UDP data path: each worker's socket of a UDP service port, served by that worker's event
+//! loop (`proxy::event_loop`).
 //!
 //! Datagrams from one client address form a flow pinned to one endpoint, chosen by the
 //! service's placement when the first datagram arrives. Each flow has an upstream socket of its
 //! own, connected to the endpoint: client datagrams go out on it, and the endpoint's replies,
 //! read from it, go back to the client from the service port's socket, so the client hears the
-//! VIP:port it asked. The loop is one task that owns its [`flows::FlowTable`] outright; it reads
-//! the listening socket and the upstream sockets that [`ready::ReadySet`] reports readable.
+//! VIP:port it asked. A [`PortLoop`] owns its [`flows::FlowTable`] outright; every socket is
+//! registered with the worker's epoll set (edge-triggered), and the loop reads the listening
+//! socket and the upstream sockets whose readiness it reported, each until it is drained.
 //!
 //! Datagrams move in batches through one set of preallocated [`batch::Slots`]: one `recvmmsg`
 //! takes up to 32 client datagrams, the datagrams of each flow among them go out in one
@@ -27,39 +29,30 @@
 //! - [`socket`]: binding the port's socket group, and the flows' upstream sockets.
 //! - [`batch`]: moving datagrams a batch per system call.
 //! - [`flows`]: the flow table and the service-wide flow count.
-//! - [`ready`]: which upstream sockets have replies to read.
 
 pub mod batch;
 pub mod flows;
-pub mod ready;
 pub mod socket;
 
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::os::fd::AsFd;
-
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio::time::{Instant, sleep};
-use tokio_util::sync::CancellationToken;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry};
+use tokio::time::Instant;
 
 use crate::balance::affinity_timeout;
 use crate::config::Protocol;
+use crate::proxy::event_loop::flow_token;
 use crate::service::{Endpoint, PortPool, Rotation, ServiceState, Snapshot, UdpDrop};
 use batch::{SLOTS, Slots};
 use flows::{FlowId, FlowTable, Route};
-use ready::ReadySet;
 
 pub use socket::bind_udp_group;
 
-/// Datagrams (or GRO trains) handled per poll before the loop yields to the worker's other
-/// tasks.
-const BUDGET: usize = 8 * SLOTS;
 /// Replies read from one flow per turn, so one busy endpoint cannot starve the others.
 const PER_FLOW: usize = 2 * SLOTS;
 /// Bounds of the sweep period (a quarter of `udp_idle_timeout`).
@@ -76,133 +69,150 @@ const IN_ORDER: [u8; SLOTS] = {
     order
 };
 
-/// Serves the UDP service port configured as `port` on `socket` until `stop` is cancelled;
-/// its flows end with it.
-///
-/// The sockets are registered with the runtime this runs on: a data-plane worker that runs the
-/// loop also polls every flow of it.
-pub async fn serve(
-    socket: std::net::UdpSocket,
-    service: Arc<ServiceState>,
-    port: u16,
-    stop: CancellationToken,
-) {
-    // Trains of one client's datagrams come in as one message where the kernel can.
-    batch::enable_gro(socket.as_fd());
-    let listen = match UdpSocket::from_std(socket) {
-        Ok(listen) => listen,
-        Err(error) => {
-            tracing::error!(service = service.name(), %error, "cannot serve a UDP socket");
-            return;
-        }
-    };
-    // Registered now, so the drop counters are exported from the start.
-    service.metrics.udp();
-    let mut serving = PortLoop {
-        table: FlowTable::new(Arc::clone(service.udp_flow_count())),
-        service,
-        port,
-        listen,
-        ready: ReadySet::new(),
-        slots: Slots::new(),
-    };
-    let sweep = sleep(serving.sweep_period());
-    tokio::pin!(sweep);
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            () = &mut sweep => {
-                serving.sweep();
-                sweep.as_mut().reset(Instant::now() + serving.sweep_period());
-            }
-            () = poll_fn(|cx| serving.poll(cx)) => {}
-        }
-    }
-    tracing::debug!(
-        service = serving.service.name(),
-        flows = serving.table.len(),
-        "udp socket closed"
-    );
-}
-
 /// One worker's socket of a UDP service port, and its flows.
-struct PortLoop {
+pub struct PortLoop {
     service: Arc<ServiceState>,
     /// The service port as configured.
     port: u16,
-    listen: UdpSocket,
-    table: FlowTable<UdpSocket>,
-    ready: ReadySet,
+    listen: std::net::UdpSocket,
+    /// The listening socket was reported readable and has not said `WouldBlock` since.
+    listen_readable: bool,
+    /// Where the flows' sockets are registered.
+    registry: Registry,
+    /// The port's key in the loop, part of its flows' tokens.
+    source: usize,
+    table: FlowTable<std::net::UdpSocket>,
+    /// Flows whose sockets were reported readable and not yet drained.
+    ready: Vec<FlowId>,
+    /// Flows to come back to on the next turn (the spare list `ready` swaps with).
+    ready_next: Vec<FlowId>,
     /// Every datagram either way passes through here, a batch at a time.
     slots: Slots,
+    /// Loop milliseconds of the next sweep.
+    next_sweep_ms: u64,
 }
 
 impl PortLoop {
-    /// Handles what is ready on the listening socket and the flows' sockets, up to [`BUDGET`]
-    /// datagrams; never completes.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.ready.register(cx.waker());
-        // One clock read per poll: flows are stamped to the batch, not to the datagram.
+    /// Serves `listen` (non-blocking, registered with the loop's poll under source key
+    /// `source`) for the service port configured as `port`; `registry` is the loop's, for the
+    /// flows' sockets, and `now_ms` the loop's clock.
+    pub fn new(
+        listen: std::net::UdpSocket,
+        service: Arc<ServiceState>,
+        port: u16,
+        registry: Registry,
+        source: usize,
+        now_ms: u64,
+    ) -> PortLoop {
+        // Trains of one client's datagrams come in as one message where the kernel can.
+        batch::enable_gro(listen.as_fd());
+        // Registered now, so the drop counters are exported from the start.
+        service.metrics.udp();
+        let mut serving = PortLoop {
+            table: FlowTable::new(Arc::clone(service.udp_flow_count())),
+            service,
+            port,
+            listen,
+            listen_readable: false,
+            registry,
+            source,
+            ready: Vec::new(),
+            ready_next: Vec::new(),
+            slots: Slots::new(),
+            next_sweep_ms: 0,
+        };
+        serving.next_sweep_ms = now_ms + serving.sweep_period().as_millis() as u64;
+        serving
+    }
+
+    /// The listening socket has datagrams.
+    pub fn listen_ready(&mut self) {
+        self.listen_readable = true;
+    }
+
+    /// Flow `id`'s socket has replies (or an error) to read.
+    pub fn flow_ready(&mut self, id: FlowId) {
+        self.ready.push(id);
+    }
+
+    /// Handles what the listening socket and the ready flows have, up to `budget` datagrams;
+    /// true when something is left for the next turn.
+    pub fn run(&mut self, budget: usize) -> bool {
+        // One clock read per turn: flows are stamped to the batch, not to the datagram.
         let stamp = self.table.stamp(Instant::now());
-        let mut budget = BUDGET;
-        loop {
-            let before = budget;
-            // A drained socket's readiness was cleared without a waker: poll it once more.
-            let mut drained = false;
-            while budget > 0 {
-                match self.receive_clients(cx, stamp) {
-                    Batch::Full(n) => budget = budget.saturating_sub(n),
-                    Batch::Short(n) => {
-                        // The queue is empty now: see to the replies before asking again.
-                        budget = budget.saturating_sub(n);
-                        drained = true;
-                        break;
-                    }
-                    Batch::Pending => break,
-                }
+        let mut budget = budget;
+        while budget > 0 && (self.listen_readable || !self.ready.is_empty()) {
+            while budget > 0 && self.listen_readable {
+                let received = self.receive_clients(stamp);
+                budget = budget.saturating_sub(received.max(1));
             }
+            if self.ready.is_empty() {
+                continue;
+            }
+            let mut ready = std::mem::take(&mut self.ready);
             let relay = Relay {
                 service: &self.service,
                 listen: &self.listen,
                 table: &mut self.table,
-                ready: &self.ready,
+                next: &mut self.ready_next,
                 slots: &mut self.slots,
                 stamp,
                 filled: 0,
                 owners: [0; SLOTS],
                 handled: 0,
             };
-            budget = budget.saturating_sub(relay.run(budget));
-            if budget == 0 {
-                // More may be waiting: run again after the worker's other tasks.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            if budget == before && !drained {
-                // Every socket said Pending, with a waker registered.
-                return Poll::Pending;
-            }
+            budget = budget.saturating_sub(relay.run(&mut ready, budget));
+            // Flows not drained come back next; `ready` is empty and keeps its capacity.
+            self.ready.append(&mut self.ready_next);
+            self.ready_next = ready;
         }
+        self.listen_readable || !self.ready.is_empty()
     }
 
-    /// Receives a batch of client datagrams and forwards them.
-    fn receive_clients(&mut self, cx: &mut Context<'_>, stamp: u64) -> Batch {
-        let received = match receive(&self.listen, cx, &mut self.slots, 0, SLOTS) {
-            Poll::Pending => return Batch::Pending,
-            Poll::Ready(Ok(received)) => received,
-            Poll::Ready(Err(error)) => {
-                // Counts against the budget, so a socket that keeps failing cannot spin.
+    /// Receives a batch of client datagrams and forwards them; returns how many.
+    fn receive_clients(&mut self, stamp: u64) -> usize {
+        let received = match receive(&self.listen, &mut self.slots, 0, SLOTS) {
+            Ok(received) => received,
+            Err(error) => {
+                // A pending socket error is cleared by the call that reports it.
                 tracing::debug!(service = self.service.name(), %error, "udp receive failed");
-                return Batch::Full(1);
+                return 0;
             }
         };
-        self.forward_batch(received.count, stamp);
         if received.drained {
-            Batch::Short(received.count)
-        } else {
-            Batch::Full(received.count)
+            self.listen_readable = false;
         }
+        self.forward_batch(received.count, stamp);
+        received.count
+    }
+
+    /// Loop milliseconds of the next sweep.
+    pub fn next_sweep_ms(&self) -> u64 {
+        self.next_sweep_ms
+    }
+
+    /// Ends idle flows and flows whose endpoint left the service; plans the next sweep.
+    pub fn sweep(&mut self, now_ms: u64) {
+        let idle = self.udp_idle_timeout();
+        let expired = self.table.expire(Instant::now(), idle);
+        if expired > 0 {
+            tracing::debug!(
+                service = self.service.name(),
+                expired,
+                left = self.table.len(),
+                "udp flows ended"
+            );
+        }
+        self.next_sweep_ms = now_ms + self.sweep_period().as_millis() as u64;
+    }
+
+    /// The port is closed: its flows end with it.
+    pub fn closed(self) {
+        tracing::debug!(
+            service = self.service.name(),
+            flows = self.table.len(),
+            "udp socket closed"
+        );
     }
 
     /// Forwards the `received` client datagrams in the slots: each to its flow (started or
@@ -270,9 +280,14 @@ impl PortLoop {
         drop(snapshot);
         match opened {
             Ok(id) => {
-                let endpoint = self.table.get(id).expect("just added").endpoint().addr();
+                let flow = self.table.get(id).expect("just added");
+                if !self.watch(id, flow.upstream()) {
+                    self.table.remove(id);
+                    self.drop_datagram(UdpDrop::Socket, client);
+                    return None;
+                }
+                let endpoint = flow.endpoint().addr();
                 tracing::debug!(service = self.service.name(), %client, %endpoint, "udp flow started");
-                self.watch(id);
                 Some(id)
             }
             Err(reason) => {
@@ -314,10 +329,13 @@ impl PortLoop {
         match placed {
             Ok(None) => true,
             Ok(Some((pin, upstream))) => {
+                if !self.watch(id, &upstream) {
+                    self.drop_datagram(UdpDrop::Socket, client);
+                    return false;
+                }
                 tracing::debug!(service = self.service.name(), %client, from = %current.addr(), to = %pin.endpoint().addr(), refused, "udp flow re-pinned");
                 let flow = self.table.get_mut(id).expect("a routed flow exists");
                 flow.repin(pin, upstream);
-                self.watch(id);
                 true
             }
             Err(reason) => {
@@ -387,23 +405,20 @@ impl PortLoop {
         }
     }
 
-    /// Polls flow `id`'s new socket once soon, so its waker is registered.
-    fn watch(&mut self, id: FlowId) {
-        self.ready.cover(id);
-        self.ready.mark(id);
-    }
-
-    /// Ends idle flows, and flows whose endpoint left the service.
-    fn sweep(&mut self) {
-        let idle = self.udp_idle_timeout();
-        let expired = self.table.expire(Instant::now(), idle);
-        if expired > 0 {
-            tracing::debug!(
-                service = self.service.name(),
-                expired,
-                left = self.table.len(),
-                "udp flows ended"
-            );
+    /// Registers `upstream`, flow `id`'s new socket, with the loop's poll; false (logged) when
+    /// it cannot be.
+    fn watch(&self, id: FlowId, upstream: &std::net::UdpSocket) -> bool {
+        let token = flow_token(self.source, id);
+        let fd = upstream.as_raw_fd();
+        match self
+            .registry
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(service = self.service.name(), %error, "cannot register a flow's socket");
+                false
+            }
         }
     }
 
@@ -431,24 +446,15 @@ impl PortLoop {
     }
 }
 
-/// What one receive on the listening socket found.
-enum Batch {
-    /// As many datagrams as asked for: more may be queued.
-    Full(usize),
-    /// Fewer (or none after a readiness event): the queue is empty.
-    Short(usize),
-    /// Not readable; the waker is registered.
-    Pending,
-}
-
 /// Reading the replies of the flows whose sockets are ready, and sending them on to their
 /// clients from the listening socket, a batch at a time (the parts of a [`PortLoop`] this
-/// touches, borrowed apart from the ready set's iteration).
+/// touches, borrowed apart from the ready list).
 struct Relay<'a> {
     service: &'a ServiceState,
-    listen: &'a UdpSocket,
-    table: &'a mut FlowTable<UdpSocket>,
-    ready: &'a ReadySet,
+    listen: &'a std::net::UdpSocket,
+    table: &'a mut FlowTable<std::net::UdpSocket>,
+    /// Flows to come back to on the next turn.
+    next: &'a mut Vec<FlowId>,
     slots: &'a mut Slots,
     stamp: u64,
     /// Slots holding replies not sent yet.
@@ -460,28 +466,23 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    /// Reads and sends the replies of ready flows until none is left or about `budget` were
-    /// handled; returns how many were.
-    fn run(mut self, budget: usize) -> usize {
-        let ready = self.ready;
-        for chunk in 0..ready.chunks() {
-            ready.take(chunk, |id| {
-                if self.handled >= budget {
-                    // Not read this turn: the next poll comes back to it.
-                    ready.mark(id);
-                } else {
-                    self.read_flow(id);
-                }
-            });
+    /// Reads and sends the replies of the flows in `ready` (emptied) until none is left or
+    /// about `budget` were handled; returns how many were.
+    fn run(mut self, ready: &mut Vec<FlowId>, budget: usize) -> usize {
+        for id in ready.drain(..) {
+            if self.handled >= budget {
+                // Not read this turn: the next one comes back to it.
+                self.next.push(id);
+            } else {
+                self.read_flow(id);
+            }
         }
         self.flush();
         self.handled
     }
 
-    /// Reads flow `id`'s replies until its socket has none (its waker then registered) or
-    /// [`PER_FLOW`] were read.
+    /// Reads flow `id`'s replies until its socket has none or [`PER_FLOW`] were read.
     fn read_flow(&mut self, id: FlowId) {
-        let mut cx = Context::from_waker(self.ready.waker(id));
         let mut read = 0;
         while read < PER_FLOW {
             if self.filled == SLOTS {
@@ -493,13 +494,11 @@ impl Relay<'_> {
             };
             match receive(
                 flow.upstream(),
-                &mut cx,
                 self.slots,
                 self.filled,
                 SLOTS - self.filled,
             ) {
-                Poll::Pending => return,
-                Poll::Ready(Ok(received)) => {
+                Ok(received) => {
                     let count = received.count;
                     if count > 0 {
                         flow.touch(self.stamp);
@@ -512,16 +511,19 @@ impl Relay<'_> {
                     self.filled += count;
                     read += count;
                     self.handled += count;
-                    // Drained: the next receive registers the waker (or finds a new datagram).
+                    if received.drained {
+                        // The next datagram brings a new edge.
+                        return;
+                    }
                 }
-                Poll::Ready(Err(error)) if is_refusal(&error) => {
+                Err(error) if is_refusal(&error) => {
                     // Reported once; the socket reads on.
                     flow.mark_refused();
                     self.service
                         .connect_failed(&self.service.load_snapshot(), flow.endpoint());
                     read += 1;
                 }
-                Poll::Ready(Err(error)) => {
+                Err(error) => {
                     tracing::debug!(service = self.service.name(), endpoint = %flow.endpoint().addr(), %error, "udp upstream receive failed");
                     read += 1;
                     self.handled += 1;
@@ -529,7 +531,7 @@ impl Relay<'_> {
             }
         }
         // Not drained: come back on the next turn.
-        self.ready.mark(id);
+        self.next.push(id);
     }
 
     /// Sends the filled slots to their clients.
@@ -581,45 +583,28 @@ impl Relay<'_> {
 struct Received {
     /// Datagrams (or trains) now in the slots.
     count: usize,
-    /// Fewer than asked: the socket's queue was empty, and its readiness is cleared (the next
-    /// [`receive`] registers the waker, or finds what came since).
+    /// Fewer than asked: the socket's queue was empty, and only a new edge says when it is not.
     drained: bool,
 }
 
-/// Receives up to `asked` datagrams from `socket` into the slots from `first`, when the
-/// runtime says it is readable (`Pending`, with `cx`'s waker registered, when not).
+/// Receives up to `asked` datagrams from `socket` into the slots from `first`.
 fn receive(
-    socket: &UdpSocket,
-    cx: &mut Context<'_>,
+    socket: &std::net::UdpSocket,
     slots: &mut Slots,
     first: usize,
     asked: usize,
-) -> Poll<io::Result<Received>> {
-    if let Err(error) = std::task::ready!(socket.poll_recv_ready(cx)) {
-        return Poll::Ready(Err(error));
-    }
-    let mut count = 0;
-    let result = socket.try_io(Interest::READABLE, || {
-        count = batch::recv(socket.as_fd(), slots, first, asked)?;
-        if count < asked {
-            // A short batch means the queue was empty: saying WouldBlock has the runtime clear
-            // the readiness it reported. One that came since has a newer event, not cleared.
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(())
-        }
-    });
-    Poll::Ready(match result {
-        Ok(()) => Ok(Received {
+) -> io::Result<Received> {
+    match batch::recv(socket.as_fd(), slots, first, asked) {
+        Ok(count) => Ok(Received {
             count,
-            drained: false,
+            drained: count < asked,
         }),
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Received {
-            count,
+            count: 0,
             drained: true,
         }),
         Err(error) => Err(error),
-    })
+    }
 }
 
 /// Where a flow of `client` goes in `pool` (not closed); with `avoid`, the next candidate when
@@ -652,13 +637,15 @@ fn usable_pool<'s>(
         .ok_or(UdpDrop::NoEndpoint)
 }
 
-/// A new upstream socket to `endpoint`, registered with this worker's runtime.
-fn upstream_socket(service: &ServiceState, endpoint: &Endpoint) -> Result<UdpSocket, UdpDrop> {
+/// A new upstream socket to `endpoint` (registered with the loop by the caller).
+fn upstream_socket(
+    service: &ServiceState,
+    endpoint: &Endpoint,
+) -> Result<std::net::UdpSocket, UdpDrop> {
     socket::upstream(endpoint.addr())
-        .and_then(|socket| {
+        .inspect(|socket| {
             // An endpoint that sends trains (GSO) hands them over as one message.
             batch::enable_gro(socket.as_fd());
-            UdpSocket::from_std(socket)
         })
         .map_err(|error| {
             // Out of descriptors or memory: not the endpoint's fault.

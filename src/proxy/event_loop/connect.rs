@@ -1,6 +1,8 @@
-//! The connect side of the mio loop: a new client is picked for exactly as tcp.rs's `connect`
-//! does, then attempts run one at a time over distinct endpoints, non-blocking, each with its
-//! connect timeout on the wheel.
+//! The connect side of the loop: a new client gets an endpoint picked from the service's
+//! snapshot (rotation, affinity, tiers), then attempts run one at a time over up to
+//! `max_connect_attempts` distinct endpoints in the tier's order from the pick, non-blocking,
+//! each with its connect timeout on the wheel. A failed attempt counts against its endpoint
+//! (`connect_failed`, for outlier detection) and the next one starts at once.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,21 +13,32 @@ use mio::Interest;
 use mio::net::TcpStream;
 use socket2::{Domain, Socket, Type};
 
-use super::conn::{Conn, Connecting, Established, Phase, Ready};
-use super::{CLIENT, EventLoop, Watched, token, upstream_side};
+use super::conn::{Conn, Connecting, Established, Half, Phase, Ready};
+use super::{CLIENT, EventLoop, KEY_LIMIT, Source, Watched, conn_token, upstream_side};
 use crate::balance::affinity_timeout;
 use crate::config::Protocol;
 
 impl EventLoop {
-    /// A new client: pick as tcp.rs's `connect` does, then start the first attempt.
-    pub(super) fn start(&mut self, mut client: TcpStream, peer: SocketAddr, now: u64) {
-        let service = &*self.service;
+    /// A new client of the port at `source`: pick an endpoint, then start the first attempt.
+    pub(super) fn start(
+        &mut self,
+        source: usize,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        now: u64,
+    ) {
+        let Some(Source::Tcp(tcp)) = self.sources.get_mut(source) else {
+            return;
+        };
+        let service = &*tcp.service;
         let snapshot = service.snapshot();
-        let Some(pool) = service.placement_pool(&snapshot, Protocol::Tcp, self.port) else {
+        let Some(pool) = service.placement_pool(&snapshot, Protocol::Tcp, tcp.port) else {
             service.metrics.connections_failed.increment(1);
+            tracing::debug!(service = service.name(), %peer, "no endpoint reachable; closing client connection");
             return;
         };
         let candidates = pool.tier.candidates().len();
+        // The peer address is used only when a pick reads it; it is not kept per connection.
         let client_ip = pool.needs_client.then(|| peer.ip());
         let first = pool.first(
             client_ip,
@@ -37,13 +50,13 @@ impl EventLoop {
         self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if key >= 1 << 30
+        if key >= KEY_LIMIT
             || self
                 .poll
                 .registry()
                 .register(
                     &mut client,
-                    token(key, generation, CLIENT),
+                    conn_token(key, generation, CLIENT),
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .is_err()
@@ -51,6 +64,7 @@ impl EventLoop {
             service.metrics.connections_failed.increment(1);
             return;
         }
+        tcp.connections += 1;
         entry.insert(Conn {
             generation,
             client,
@@ -67,6 +81,7 @@ impl EventLoop {
                 started: Instant::now(),
                 deadline_ms: 0,
             })),
+            source,
             armed_tick: None,
             last_activity_ms: now,
         });
@@ -80,7 +95,10 @@ impl EventLoop {
         let Phase::Connecting(connecting) = &mut conn.phase else {
             return;
         };
-        let service = &*self.service;
+        let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) else {
+            unreachable!("a connection's port outlives it");
+        };
+        let (service, port) = (&*tcp.service, tcp.port);
         // Dropping the socket closes it; the kernel takes it out of the epoll set.
         conn.upstream = None;
         conn.upstream_ready = Ready::default();
@@ -88,7 +106,7 @@ impl EventLoop {
         while connecting.tried < connecting.attempts {
             let pool = connecting
                 .snapshot
-                .pool(Protocol::Tcp, self.port)
+                .pool(Protocol::Tcp, port)
                 .expect("the pool was found at the pick");
             let candidates = pool.tier.candidates();
             let endpoint =
@@ -115,7 +133,7 @@ impl EventLoop {
             let mut stream = TcpStream::from_std(socket.into());
             if let Err(error) = self.poll.registry().register(
                 &mut stream,
-                token(key, generation, upstream_side(connecting.tried - 1)),
+                conn_token(key, generation, upstream_side(connecting.tried - 1)),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 tracing::debug!(service = service.name(), %error, "cannot register an upstream socket");
@@ -137,25 +155,29 @@ impl EventLoop {
         self.close(key);
     }
 
-    /// The connect of `key` succeeded: count it as tcp.rs does and start forwarding.
+    /// The connect of `key` succeeded: count it and start forwarding.
     pub(super) fn established(&mut self, key: usize, now: u64) {
         let conn = &mut self.conns[key];
         let Phase::Connecting(connecting) = &mut conn.phase else {
             return;
         };
+        let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) else {
+            unreachable!("a connection's port outlives it");
+        };
         let (attempt, endpoint) = connecting.attempt.take().expect("attempt in flight");
         endpoint.record_connect_success();
-        self.service
+        tcp.service
             .metrics
             .connect_duration
             .record(connecting.started.elapsed().as_secs_f64());
-        if let Some(pool) = connecting.snapshot.pool(Protocol::Tcp, self.port) {
+        if let Some(pool) = connecting.snapshot.pool(Protocol::Tcp, tcp.port) {
             pool.remember(connecting.client_ip, &endpoint);
         }
         let settings = &connecting.snapshot.config.connection;
+        // The connection drains when its endpoint leaves the service or the service stops
+        // (reload, shutdown): it may run on for `drain_timeout`, then it is closed. Already
+        // fired: the deadline counts from now.
         let drain = endpoint.drain_token();
-        // Already fired: the deadline counts from now, as the tokio path's `cancelled()`
-        // completes at once.
         let drain_at_ms = drain
             .is_cancelled()
             .then(|| now + drain.grace(settings.drain_timeout).as_millis() as u64);
@@ -172,11 +194,12 @@ impl EventLoop {
                 }),
             }
         }
+        let may_splice = self.pipes.is_some();
         conn.phase = Phase::Established(Established {
             active: attempt.established(),
             // Taken when there is something to move.
             buffers: None,
-            halves: Default::default(),
+            halves: [Half::new(may_splice), Half::new(may_splice)],
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
             drain,
             drain_timeout: settings.drain_timeout,
@@ -187,8 +210,8 @@ impl EventLoop {
     }
 }
 
-/// A non-blocking socket for a connect to `addr`, with the options tcp.rs gives every
-/// upstream connection.
+/// A non-blocking socket for a connect to `addr`, with the options every upstream connection
+/// gets.
 fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::splice;
+use crate::proxy::pipe_pool::{PipeLease, PipePool};
+
 use crate::service::drain::Drain;
 use crate::service::endpoint::{ActiveConnection, Attempt, Endpoint};
 use crate::service::snapshot::Snapshot;
@@ -68,25 +71,52 @@ pub struct Ready {
 }
 
 /// One direction of an established connection: bytes `start..end` of its buffer wait for the
-/// destination.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// destination, and while the direction is bulk, bytes in a borrowed pipe (see [`splice`]).
+///
+/// [`splice`]: super::splice
+#[derive(Debug, Default)]
 pub struct Half {
     start: usize,
     end: usize,
     /// The source reached EOF.
-    eof: bool,
+    pub(super) eof: bool,
     /// The destination's sending side is shut down (or needs no shutdown: see `Conn`).
     shut: bool,
+    /// A read that fills the whole buffer switches the direction to splicing (set when the
+    /// loop has pipes to lend and the sockets have not refused to splice).
+    pub(super) may_splice: bool,
+    /// Moving bytes with splice(2) rather than through the buffer.
+    pub(super) splicing: bool,
+    /// The pipe borrowed while spliced bytes are in flight; given back once it is empty and the
+    /// source has nothing more.
+    pub(super) pipe: Option<PipeLease<'static>>,
+    /// The last splice moved little: back to copying once the pipe is empty.
+    pub(super) small: bool,
+    /// Bytes have been spliced since the switch (EINVAL after that is a real error).
+    pub(super) spliced: bool,
 }
 
 impl Half {
-    /// EOF read and every byte written on: the direction is over.
-    pub fn finished(&self) -> bool {
-        self.eof && self.start == self.end
+    /// A direction that switches to splicing when it turns bulk, if `may_splice`.
+    pub fn new(may_splice: bool) -> Half {
+        Half {
+            may_splice,
+            ..Half::default()
+        }
     }
 
-    /// No byte waits for the destination.
+    /// EOF read and every byte written on: the direction is over.
+    pub fn finished(&self) -> bool {
+        self.eof && self.is_empty()
+    }
+
+    /// No byte waits for the destination, in the buffer or in a pipe.
     pub fn is_empty(&self) -> bool {
+        self.buffer_is_empty() && self.pipe.as_ref().is_none_or(|lease| lease.pending == 0)
+    }
+
+    /// No byte waits in the buffer (a pipe may still hold some).
+    pub fn buffer_is_empty(&self) -> bool {
         self.start == self.end
     }
 
@@ -106,9 +136,59 @@ pub struct Moved {
     pub written: usize,
 }
 
-/// Moves bytes `source` → `destination` through `buffer` until one side would block or the
-/// source is at EOF with nothing left to write. Reads only into an empty buffer and writes each
-/// read at once, so a steady request/response flow costs one read and one write per message.
+impl std::ops::AddAssign for Moved {
+    fn add_assign(&mut self, other: Moved) {
+        self.read += other.read;
+        self.written += other.written;
+    }
+}
+
+/// Moves one direction as far as the sockets allow, through the buffer or, while the
+/// direction is bulk, through a pipe from `pipes`.
+fn direction(
+    half: &mut Half,
+    buffer: &mut [u8],
+    source: &mut TcpStream,
+    source_ready: &mut Ready,
+    destination: &mut TcpStream,
+    destination_ready: &mut Ready,
+    pipes: Option<&'static PipePool>,
+) -> io::Result<Moved> {
+    let mut moved = Moved::default();
+    loop {
+        if half.splicing && half.buffer_is_empty() {
+            let pool = pipes.expect("a direction splices only when the loop lends pipes");
+            moved += splice::pump(
+                half,
+                source,
+                source_ready,
+                destination,
+                destination_ready,
+                pool,
+            )?;
+            if half.splicing {
+                // Blocked on one side, or at EOF.
+                return Ok(moved);
+            }
+        }
+        moved += pump(
+            half,
+            buffer,
+            source,
+            source_ready,
+            destination,
+            destination_ready,
+        )?;
+        if !(half.splicing && half.buffer_is_empty()) {
+            return Ok(moved);
+        }
+    }
+}
+
+/// Moves bytes `source` → `destination` through `buffer` until one side would block, the
+/// source is at EOF with nothing left to write, or the direction turned bulk (`splicing`) and
+/// the buffer is empty. Reads only into an empty buffer and writes each read at once, so a
+/// steady request/response flow costs one read and one write per message.
 pub fn pump<S: Read + ?Sized, D: Write + ?Sized>(
     half: &mut Half,
     buffer: &mut [u8],
@@ -144,13 +224,17 @@ pub fn pump<S: Read + ?Sized, D: Write + ?Sized>(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-        } else if !half.eof && source_ready.readable {
+        } else if !half.eof && source_ready.readable && !half.splicing {
             match source.read(buffer) {
                 Ok(0) => half.eof = true,
                 Ok(n) => {
                     moved.read += n;
                     half.start = 0;
                     half.end = n;
+                    if n == buffer.len() && half.may_splice {
+                        // A bulk flow: once this buffer is written, splice the rest.
+                        half.splicing = true;
+                    }
                     if n < buffer.len() && !source_ready.read_closed {
                         // A short read emptied the receive queue; new bytes bring a new edge.
                         source_ready.readable = false;
@@ -225,6 +309,8 @@ pub struct Conn {
     pub upstream: Option<TcpStream>,
     pub upstream_ready: Ready,
     pub phase: Phase,
+    /// The slab key of the port that accepted it (its service and port number).
+    pub source: usize,
     /// The tick of the newest wheel entry armed for this connection; older entries are stale.
     pub armed_tick: Option<u64>,
     /// Loop milliseconds of the last byte moved (either way).
@@ -245,51 +331,55 @@ impl Conn {
         }
     }
 
-    /// Forwards both ways as far as the sockets allow; counts bytes with `counted(inbound,
-    /// outbound)` and shuts a destination's sending side down when its direction ends first.
-    /// Returns `Complete` once both directions ended: the caller then closes both sockets,
-    /// and that close sends the FIN of the direction that ended last.
+    /// Forwards both ways as far as the sockets allow (bulk directions through pipes from
+    /// `pipes`), shutting a destination's sending side down when its direction ends first.
+    /// Returns the bytes read from the client and from the endpoint, and `Complete` once both
+    /// directions ended: the caller then closes both sockets, and that close sends the FIN of
+    /// the direction that ended last.
     pub fn forward(
         &mut self,
         now_ms: u64,
         pool: &mut BufferPool,
-    ) -> io::Result<(Flow, Moved, Moved)> {
+        pipes: Option<&'static PipePool>,
+    ) -> io::Result<(Flow, usize, usize)> {
         let Phase::Established(established) = &mut self.phase else {
-            return Ok((Flow::Open, Moved::default(), Moved::default()));
+            return Ok((Flow::Open, 0, 0));
         };
         let upstream = self.upstream.as_mut().expect("established has an upstream");
         let buffers = established.buffers.get_or_insert_with(|| pool.take());
         let (inbound_buffer, outbound_buffer) = buffers.split_at_mut(BUFFER_SIZE);
         let [inbound, outbound] = &mut established.halves;
-        let moved_in = pump(
+        let moved_in = direction(
             inbound,
             inbound_buffer,
             &mut self.client,
             &mut self.client_ready,
             upstream,
             &mut self.upstream_ready,
-        )?;
-        let moved_out = pump(
+            pipes,
+        );
+        let moved_out = direction(
             outbound,
             outbound_buffer,
             upstream,
             &mut self.upstream_ready,
             &mut self.client,
             &mut self.client_ready,
+            pipes,
         );
-        if inbound.is_empty()
-            && outbound.is_empty()
+        if inbound.buffer_is_empty()
+            && outbound.buffer_is_empty()
             && let Some(pair) = established.buffers.take()
         {
-            // Nothing waits in either direction: the pair serves other connections meanwhile.
+            // Nothing waits in either buffer: the pair serves other connections meanwhile.
             pool.give(pair);
         }
-        let moved_out = moved_out?;
+        let (moved_in, moved_out) = (moved_in?, moved_out?);
         if moved_in.read + moved_in.written + moved_out.read + moved_out.written > 0 {
             self.last_activity_ms = now_ms;
         }
         if inbound.finished() && outbound.finished() {
-            return Ok((Flow::Complete, moved_in, moved_out));
+            return Ok((Flow::Complete, moved_in.read, moved_out.read));
         }
         if inbound.finished() && !inbound.is_shut() {
             upstream.shutdown(std::net::Shutdown::Write)?;
@@ -299,7 +389,7 @@ impl Conn {
             self.client.shutdown(std::net::Shutdown::Write)?;
             outbound.mark_shut();
         }
-        Ok((Flow::Open, moved_in, moved_out))
+        Ok((Flow::Open, moved_in.read, moved_out.read))
     }
 }
 
@@ -589,6 +679,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(1),
                 drain_at_ms: None,
             }),
+            source: 0,
             armed_tick: None,
             last_activity_ms: 0,
         };
@@ -609,7 +700,7 @@ mod tests {
     ) -> Flow {
         let mut events = mio::Events::with_capacity(16);
         loop {
-            let (flow, _, _) = conn.forward(1, pool).unwrap();
+            let (flow, _, _) = conn.forward(1, pool, None).unwrap();
             if until(conn, &flow) {
                 return flow;
             }
@@ -629,9 +720,9 @@ mod tests {
         }
     }
 
-    fn halves(conn: &Conn) -> [Half; 2] {
+    fn halves(conn: &Conn) -> &[Half; 2] {
         match &conn.phase {
-            Phase::Established(established) => established.halves,
+            Phase::Established(established) => &established.halves,
             Phase::Connecting(_) => unreachable!(),
         }
     }
@@ -694,7 +785,7 @@ mod tests {
         assert!(holds_buffers(&conn));
         assert_eq!(pool.spare(), 0);
         conn.upstream_ready.writable = true;
-        conn.forward(2, &mut pool).unwrap();
+        conn.forward(2, &mut pool, None).unwrap();
         upstream_far.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"pong");
         assert!(!holds_buffers(&conn));

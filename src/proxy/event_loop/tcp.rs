@@ -1,0 +1,358 @@
+//! The TCP side of a worker's loop: a service port's listener (accept until `WouldBlock`,
+//! back-off when the process is out of descriptors or memory), and the events, deadlines and
+//! drain signals of its connections.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
+use socket2::SockRef;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use super::conn::{Flow, Phase};
+use super::{CLIENT, EventLoop, Source, TICK_MS, upstream_side};
+use crate::service::ServiceState;
+
+/// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest back-off between accept attempts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// One worker's listener of a TCP service port, and the count of its connections. It outlives
+/// its listener while connections it accepted are open: they pick from its service.
+pub struct TcpPort {
+    listener: Option<TcpListener>,
+    nodelay_inherited: bool,
+    pub service: Arc<ServiceState>,
+    /// The service port as configured.
+    pub port: u16,
+    pub stop: CancellationToken,
+    /// Dropped when the listener closes: the control plane waits for it.
+    closed: Option<oneshot::Sender<()>>,
+    /// Dropped when the listener is closed and its last connection ended: shutdown waits.
+    _held: TaskTrackerToken,
+    /// Open connections accepted here.
+    pub connections: usize,
+    backoff: Duration,
+    resume_ms: Option<u64>,
+}
+
+impl TcpPort {
+    /// Takes over a bound, listening socket; on failure hands the service back for the log.
+    pub fn new(
+        listener: std::net::TcpListener,
+        service: Arc<ServiceState>,
+        port: u16,
+        stop: CancellationToken,
+        closed: oneshot::Sender<()>,
+        held: TaskTrackerToken,
+    ) -> Result<TcpPort, (Arc<ServiceState>, io::Error)> {
+        if let Err(error) = listener.set_nonblocking(true) {
+            return Err((service, error));
+        }
+        // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one syscall here
+        // instead of one per connection. Small writes should not wait on Nagle: the client's
+        // own stack already decided when to send.
+        let nodelay_inherited =
+            cfg!(target_os = "linux") && SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
+        Ok(TcpPort {
+            listener: Some(TcpListener::from_std(listener)),
+            nodelay_inherited,
+            service,
+            port,
+            stop,
+            closed: Some(closed),
+            _held: held,
+            connections: 0,
+            backoff: ACCEPT_BACKOFF_MIN,
+            resume_ms: None,
+        })
+    }
+
+    /// Registers the listener with the loop's poll under `token`.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let listener = self.listener.as_mut().expect("a new port listens");
+        registry.register(listener, token, Interest::READABLE)
+    }
+
+    /// Whether the listener is still open.
+    pub fn is_listening(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// When a paused accept resumes (loop milliseconds).
+    pub fn resume_ms(&self) -> Option<u64> {
+        self.resume_ms.filter(|_| self.listener.is_some())
+    }
+
+    /// Closes the listener at once: new connections are refused from here on, and the control
+    /// plane hears that it is closed.
+    pub fn close_listener(&mut self) {
+        self.listener = None;
+        self.closed = None;
+        tracing::debug!(service = self.service.name(), "listener closed");
+    }
+}
+
+impl EventLoop {
+    /// Accepts on the listener of source `source` until `WouldBlock`, pausing on resource
+    /// errors.
+    pub(super) fn accept_all(&mut self, source: usize, now: u64) {
+        loop {
+            let Some(Source::Tcp(tcp)) = self.sources.get_mut(source) else {
+                return;
+            };
+            if tcp.resume_ms.is_some() {
+                return;
+            }
+            let Some(listener) = &tcp.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((client, peer)) => {
+                    tcp.backoff = ACCEPT_BACKOFF_MIN;
+                    if !tcp.nodelay_inherited {
+                        let _ = client.set_nodelay(true);
+                    }
+                    self.start(source, client, peer, now);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    tcp.service.metrics.accept_errors.increment(1);
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) {
+                        // The peer gave up before we accepted: nothing to wait for.
+                        tracing::debug!(service = tcp.service.name(), %error, "accept failed");
+                        continue;
+                    }
+                    // Out of descriptors or memory: accepting again at once would spin. Wait
+                    // for connections to close, growing the pause while the condition lasts.
+                    tracing::warn!(service = tcp.service.name(), %error, pause = ?tcp.backoff, "accept failed; pausing");
+                    tcp.resume_ms = Some(now + tcp.backoff.as_millis() as u64);
+                    tcp.backoff = (tcp.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Accepts again on listeners whose pause is over (the edge that came meanwhile is gone).
+    pub(super) fn resume_accepts(&mut self, now: u64) {
+        let due: Vec<usize> = self
+            .sources
+            .iter()
+            .filter_map(|(key, source)| match source {
+                Source::Tcp(tcp) if tcp.resume_ms().is_some_and(|at| now >= at) => Some(key),
+                _ => None,
+            })
+            .collect();
+        for key in due {
+            if let Some(Source::Tcp(tcp)) = self.sources.get_mut(key) {
+                tcp.resume_ms = None;
+            }
+            self.accept_all(key, now);
+        }
+    }
+
+    /// Readiness of one socket of connection `key`.
+    pub(super) fn on_conn_event(
+        &mut self,
+        key: usize,
+        generation: u32,
+        side: usize,
+        event: &Event,
+        now: u64,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.generation != generation {
+            return;
+        }
+        let ready = if side == CLIENT {
+            &mut conn.client_ready
+        } else {
+            match &conn.phase {
+                // A late event of an earlier attempt's socket.
+                Phase::Connecting(c) if upstream_side(c.tried - 1) != side => return,
+                _ => &mut conn.upstream_ready,
+            }
+        };
+        if event.is_read_closed() || event.is_error() {
+            ready.read_closed = true;
+            ready.readable = true;
+        } else if event.is_readable() {
+            ready.readable = true;
+        }
+        if event.is_writable() || event.is_write_closed() || event.is_error() {
+            ready.writable = true;
+        }
+        self.drive(key, now);
+    }
+
+    /// Arms the wheel for connection `key`'s next deadline unless an entry at or before it is
+    /// armed already (that entry re-arms when it fires early).
+    pub(super) fn arm(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let at = conn.deadline_ms();
+        if conn.armed_tick.is_some_and(|tick| tick * TICK_MS <= at) {
+            return;
+        }
+        conn.armed_tick = Some(self.wheel.insert(at, key, conn.generation));
+    }
+
+    /// Reacts to readiness of connection `key`.
+    fn drive(&mut self, key: usize, now: u64) {
+        let conn = &mut self.conns[key];
+        if let Phase::Connecting(connecting) = &mut conn.phase {
+            if !conn.upstream_ready.writable {
+                return;
+            }
+            let upstream = conn.upstream.as_ref().expect("an attempt has a socket");
+            // A writable edge ends the connect either way; SO_ERROR says which way.
+            let failed = match upstream.take_error() {
+                Ok(None) => None,
+                Ok(Some(e)) | Err(e) => Some(e),
+            };
+            let (_, endpoint) = connecting.attempt.as_ref().expect("attempt in flight");
+            if let Some(error) = failed {
+                let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) else {
+                    unreachable!("a connection's port outlives it");
+                };
+                tcp.service.connect_failed(&connecting.snapshot, endpoint);
+                tracing::debug!(service = tcp.service.name(), endpoint = %endpoint.addr(), %error, "connect failed; trying the next endpoint");
+                self.next_attempt(key, now);
+                return;
+            }
+            self.established(key, now);
+        }
+        let conn = &mut self.conns[key];
+        let result = conn.forward(now, &mut self.buffers, self.pipes);
+        match result {
+            Ok((flow, moved_in, moved_out)) => {
+                if let Phase::Established(established) = &conn.phase {
+                    let metrics = &established.active.endpoint().metrics;
+                    if moved_in > 0 {
+                        metrics.bytes_in.increment(moved_in as u64);
+                    }
+                    if moved_out > 0 {
+                        metrics.bytes_out.increment(moved_out as u64);
+                    }
+                }
+                if flow == Flow::Complete {
+                    self.close(key);
+                }
+            }
+            Err(error) => {
+                if let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) {
+                    tracing::debug!(service = tcp.service.name(), %error, "connection error");
+                }
+                self.close(key);
+            }
+        }
+    }
+
+    /// Closes connection `key`: both sockets are dropped without deregistration. The port
+    /// goes too when it is closed and this was its last connection.
+    pub(super) fn close(&mut self, key: usize) {
+        let conn = self.conns.remove(key);
+        if let Phase::Established(established) = conn.phase {
+            if established.drain_at_ms.is_none()
+                && let Some(i) = self
+                    .watched
+                    .iter()
+                    .position(|w| Arc::ptr_eq(&w.drain, &established.drain))
+            {
+                self.watched[i].connections -= 1;
+                if self.watched[i].connections == 0 {
+                    self.watched.swap_remove(i);
+                }
+            }
+            if let Some(pair) = established.buffers {
+                self.buffers.give(pair);
+            }
+        }
+        if let Some(Source::Tcp(tcp)) = self.sources.get_mut(conn.source) {
+            tcp.connections -= 1;
+            if tcp.connections == 0 && !tcp.is_listening() {
+                self.sources.remove(conn.source);
+            }
+        }
+    }
+
+    /// Looks at every watched drain signal; connections of one that fired get their deadline.
+    pub(super) fn poll_drains(&mut self, now: u64) {
+        self.next_drain_poll_ms = now + super::DRAIN_POLL_MS;
+        let mut i = 0;
+        while i < self.watched.len() {
+            if !self.watched[i].drain.is_cancelled() {
+                i += 1;
+                continue;
+            }
+            let fired = self.watched.swap_remove(i).drain;
+            let mut keys = Vec::new();
+            for (key, conn) in self.conns.iter_mut() {
+                if let Phase::Established(established) = &mut conn.phase
+                    && established.drain_at_ms.is_none()
+                    && Arc::ptr_eq(&established.drain, &fired)
+                {
+                    established.drain_at_ms =
+                        Some(now + fired.grace(established.drain_timeout).as_millis() as u64);
+                    keys.push(key);
+                }
+            }
+            for key in keys {
+                self.arm(key);
+            }
+        }
+    }
+
+    /// Handles the wheel's entries due by `now`.
+    pub(super) fn expire(&mut self, now: u64) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(now, &mut fired);
+        for (key, generation, tick) in fired.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation || conn.armed_tick != Some(tick) {
+                continue;
+            }
+            conn.armed_tick = None;
+            if conn.deadline_ms() > now {
+                self.arm(key);
+                continue;
+            }
+            let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) else {
+                unreachable!("a connection's port outlives it");
+            };
+            match &conn.phase {
+                Phase::Connecting(connecting) => {
+                    let (_, endpoint) = connecting.attempt.as_ref().expect("attempt in flight");
+                    tcp.service.connect_failed(&connecting.snapshot, endpoint);
+                    tracing::debug!(service = tcp.service.name(), endpoint = %endpoint.addr(), "connect timed out; trying the next endpoint");
+                    self.next_attempt(key, now);
+                }
+                Phase::Established(established) => {
+                    let drained = established.drain_at_ms.is_some_and(|at| at <= now);
+                    if drained {
+                        tracing::debug!(service = tcp.service.name(), endpoint = %established.active.endpoint().addr(), "drain deadline reached; closing");
+                    } else {
+                        tracing::debug!(service = tcp.service.name(), endpoint = %established.active.endpoint().addr(), "idle timeout");
+                    }
+                    self.close(key);
+                }
+            }
+        }
+        self.fired = fired;
+    }
+}
