@@ -68,6 +68,8 @@ pub struct Ready {
     /// The peer's FIN (or an error) was reported: the edge that said so came with it, and no
     /// further edge will come, so a short read must not clear `readable` any more.
     pub read_closed: bool,
+    /// An error or hang-up was reported (for a connect in progress: it failed).
+    pub failed: bool,
 }
 
 /// One direction of an established connection: bytes `start..end` of its buffer wait for the
@@ -441,6 +443,7 @@ mod tests {
         readable: true,
         writable: true,
         read_closed: false,
+        failed: false,
     };
 
     #[test]

@@ -334,7 +334,7 @@ impl EventLoop {
                         side,
                     } => self.on_conn_event(key, generation, side, event, now),
                     Named::Source(source) => match self.sources.get_mut(source) {
-                        Some(Source::Tcp(_)) => self.accept_all(source, now),
+                        Some(Source::Tcp(_)) => self.accept_one(source, now),
                         Some(Source::Udp(udp)) => {
                             udp.port.listen_ready();
                             self.mark_udp_busy(source);
@@ -441,9 +441,8 @@ impl EventLoop {
                             tracing::error!(service = tcp.service.name(), %error, "cannot serve a listening socket");
                             return;
                         }
+                        // Connections queued before the registration are reported at once.
                         entry.insert(Source::Tcp(tcp));
-                        // Connections may have queued before the registration.
-                        self.accept_all(key, now);
                     }
                     Err((service, error)) => {
                         tracing::error!(service = service.name(), %error, "cannot serve a listening socket");

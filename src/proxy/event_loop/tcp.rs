@@ -1,6 +1,12 @@
-//! The TCP side of a worker's loop: a service port's listener (accept until `WouldBlock`,
-//! back-off when the process is out of descriptors or memory), and the events, deadlines and
+//! The TCP side of a worker's loop: a service port's listener, and the events, deadlines and
 //! drain signals of its connections.
+//!
+//! The listener is the one socket registered level-triggered, and each report of it accepts one
+//! connection (nginx's `multi_accept off`): accepting until `WouldBlock` would end every
+//! wake-up with an `accept4` that fails, one system call per connection when they come one at
+//! a time; level-triggered, the next `epoll_wait` reports the listener again while its queue is
+//! not empty, beside the other sockets' events. While accepting is paused (out of descriptors
+//! or memory) the listener is registered for nothing, so a full queue cannot spin the loop.
 
 use std::io;
 use std::sync::Arc;
@@ -8,7 +14,8 @@ use std::time::Duration;
 
 use mio::event::Event;
 use mio::net::TcpListener;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
+use rustix::event::epoll::{self, EventData, EventFlags};
 use socket2::SockRef;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +47,9 @@ pub struct TcpPort {
     pub connections: usize,
     backoff: Duration,
     resume_ms: Option<u64>,
+    /// The listener's token, and whether it is in the epoll set yet.
+    token: Token,
+    registered: bool,
 }
 
 impl TcpPort {
@@ -71,13 +81,31 @@ impl TcpPort {
             connections: 0,
             backoff: ACCEPT_BACKOFF_MIN,
             resume_ms: None,
+            token: Token(0),
+            registered: false,
         })
     }
 
-    /// Registers the listener with the loop's poll under `token`.
+    /// Registers the listener with the loop's poll under `token`, level-triggered.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let listener = self.listener.as_mut().expect("a new port listens");
-        registry.register(listener, token, Interest::READABLE)
+        self.token = token;
+        self.listen_for(registry, EventFlags::IN)
+    }
+
+    /// Sets what the listener is registered for: readable, or nothing while paused.
+    fn listen_for(&mut self, registry: &Registry, flags: EventFlags) -> io::Result<()> {
+        let listener = self
+            .listener
+            .as_ref()
+            .expect("only an open listener is registered");
+        let data = EventData::new_u64(self.token.0 as u64);
+        if self.registered {
+            epoll::modify(registry, listener, data, flags)?;
+        } else {
+            epoll::add(registry, listener, data, flags)?;
+            self.registered = true;
+        }
+        Ok(())
     }
 
     /// Whether the listener is still open.
@@ -100,9 +128,9 @@ impl TcpPort {
 }
 
 impl EventLoop {
-    /// Accepts on the listener of source `source` until `WouldBlock`, pausing on resource
-    /// errors.
-    pub(super) fn accept_all(&mut self, source: usize, now: u64) {
+    /// Accepts one connection on the listener of source `source` (more are reported again),
+    /// pausing on resource errors.
+    pub(super) fn accept_one(&mut self, source: usize, now: u64) {
         loop {
             let Some(Source::Tcp(tcp)) = self.sources.get_mut(source) else {
                 return;
@@ -120,6 +148,7 @@ impl EventLoop {
                         let _ = client.set_nodelay(true);
                     }
                     self.start(source, client, peer, now);
+                    return;
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
@@ -139,27 +168,26 @@ impl EventLoop {
                     tracing::warn!(service = tcp.service.name(), %error, pause = ?tcp.backoff, "accept failed; pausing");
                     tcp.resume_ms = Some(now + tcp.backoff.as_millis() as u64);
                     tcp.backoff = (tcp.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    if let Err(error) = tcp.listen_for(self.poll.registry(), EventFlags::empty()) {
+                        tracing::error!(service = tcp.service.name(), %error, "cannot pause the listener");
+                    }
                     return;
                 }
             }
         }
     }
 
-    /// Accepts again on listeners whose pause is over (the edge that came meanwhile is gone).
+    /// Listens again on listeners whose pause is over.
     pub(super) fn resume_accepts(&mut self, now: u64) {
-        let due: Vec<usize> = self
-            .sources
-            .iter()
-            .filter_map(|(key, source)| match source {
-                Source::Tcp(tcp) if tcp.resume_ms().is_some_and(|at| now >= at) => Some(key),
-                _ => None,
-            })
-            .collect();
-        for key in due {
-            if let Some(Source::Tcp(tcp)) = self.sources.get_mut(key) {
+        for (_, source) in self.sources.iter_mut() {
+            if let Source::Tcp(tcp) = source
+                && tcp.resume_ms().is_some_and(|at| now >= at)
+            {
                 tcp.resume_ms = None;
+                if let Err(error) = tcp.listen_for(self.poll.registry(), EventFlags::IN) {
+                    tracing::error!(service = tcp.service.name(), %error, "cannot resume the listener");
+                }
             }
-            self.accept_all(key, now);
         }
     }
 
@@ -196,6 +224,9 @@ impl EventLoop {
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             ready.writable = true;
         }
+        if event.is_error() || event.is_write_closed() {
+            ready.failed = true;
+        }
         self.drive(key, now);
     }
 
@@ -217,12 +248,15 @@ impl EventLoop {
             if !conn.upstream_ready.writable {
                 return;
             }
-            let upstream = conn.upstream.as_ref().expect("an attempt has a socket");
-            // A writable edge ends the connect either way; SO_ERROR says which way.
-            let failed = match upstream.take_error() {
-                Ok(None) => None,
-                Ok(Some(e)) | Err(e) => Some(e),
-            };
+            // A writable edge ends the connect either way; an error or hang-up with it says it
+            // failed (SO_ERROR is read only then, for the log: a success costs no syscall).
+            let failed = conn.upstream_ready.failed.then(|| {
+                let upstream = conn.upstream.as_ref().expect("an attempt has a socket");
+                match upstream.take_error() {
+                    Ok(Some(e)) | Err(e) => e,
+                    Ok(None) => io::Error::from(io::ErrorKind::ConnectionReset),
+                }
+            });
             let (_, endpoint) = connecting.attempt.as_ref().expect("attempt in flight");
             if let Some(error) = failed {
                 let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) else {
