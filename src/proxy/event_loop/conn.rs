@@ -399,6 +399,7 @@ impl Conn {
 mod tests {
     use std::collections::VecDeque;
 
+    use super::super::forward_tests::{drive, drive_with, established, halves};
     use super::*;
 
     /// A source handing out scripted reads: bytes, EOF (empty), or would-block (`None`).
@@ -639,95 +640,6 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
-    }
-
-    /// A connected loopback pair: the far end (blocking, std) and our end (mio).
-    fn pair() -> (std::net::TcpStream, TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let far = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (ours, _) = listener.accept().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        (far, TcpStream::from_std(ours))
-    }
-
-    /// An established connection between two loopback pairs, registered with `poll`.
-    fn established(poll: &mio::Poll) -> (Conn, std::net::TcpStream, std::net::TcpStream) {
-        use mio::{Interest, Token};
-        let (client_far, mut client) = pair();
-        let (upstream_far, mut upstream) = pair();
-        let both = Interest::READABLE | Interest::WRITABLE;
-        poll.registry()
-            .register(&mut client, Token(0), both)
-            .unwrap();
-        poll.registry()
-            .register(&mut upstream, Token(1), both)
-            .unwrap();
-        let endpoint = Arc::new(Endpoint::new(
-            "conn-test",
-            upstream_far.local_addr().unwrap(),
-            &tokio_util::sync::CancellationToken::new(),
-        ));
-        let conn = Conn {
-            generation: 0,
-            client,
-            client_ready: Ready::default(),
-            upstream: Some(upstream),
-            upstream_ready: Ready::default(),
-            phase: Phase::Established(Established {
-                active: endpoint.attempt().established(),
-                buffers: None,
-                halves: Default::default(),
-                idle_timeout_ms: 1_000,
-                drain: endpoint.drain_token(),
-                drain_timeout: Duration::from_secs(1),
-                drain_at_ms: None,
-            }),
-            source: 0,
-            armed_tick: None,
-            last_activity_ms: 0,
-        };
-        (conn, client_far, upstream_far)
-    }
-
-    /// Waits for events (as the loop does) and forwards until `until` holds of the flow.
-    fn drive(poll: &mut mio::Poll, conn: &mut Conn, until: impl Fn(&Conn, &Flow) -> bool) -> Flow {
-        drive_with(poll, conn, &mut BufferPool::new(4), until)
-    }
-
-    /// [`drive`] taking buffers from `pool`.
-    fn drive_with(
-        poll: &mut mio::Poll,
-        conn: &mut Conn,
-        pool: &mut BufferPool,
-        until: impl Fn(&Conn, &Flow) -> bool,
-    ) -> Flow {
-        let mut events = mio::Events::with_capacity(16);
-        loop {
-            let (flow, _, _) = conn.forward(1, pool, None).unwrap();
-            if until(conn, &flow) {
-                return flow;
-            }
-            poll.poll(&mut events, Some(Duration::from_secs(10)))
-                .unwrap();
-            assert!(!events.is_empty(), "no event within 10 s");
-            for event in events.iter() {
-                let ready = if event.token().0 == 0 {
-                    &mut conn.client_ready
-                } else {
-                    &mut conn.upstream_ready
-                };
-                ready.readable |= event.is_readable() || event.is_read_closed();
-                ready.read_closed |= event.is_read_closed() || event.is_error();
-                ready.writable |= event.is_writable() || event.is_write_closed();
-            }
-        }
-    }
-
-    fn halves(conn: &Conn) -> &[Half; 2] {
-        match &conn.phase {
-            Phase::Established(established) => &established.halves,
-            Phase::Connecting(_) => unreachable!(),
-        }
     }
 
     #[test]

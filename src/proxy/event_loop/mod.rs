@@ -29,6 +29,8 @@
 
 mod conn;
 mod connect;
+#[cfg(test)]
+mod forward_tests;
 mod splice;
 mod tcp;
 mod wheel;
