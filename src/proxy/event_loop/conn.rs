@@ -94,7 +94,7 @@ pub struct Half {
     pub(super) pipe: Option<PipeLease<'static>>,
     /// The last splice moved little: back to copying once the pipe is empty.
     pub(super) small: bool,
-    /// Bytes have been spliced since the switch (EINVAL after that is a real error).
+    /// Bytes have been spliced on this direction (an EINVAL after that is a real error).
     pub(super) spliced: bool,
 }
 
