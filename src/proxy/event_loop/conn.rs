@@ -289,7 +289,9 @@ pub struct Established {
 
 #[derive(Debug)]
 pub enum Phase {
-    Connecting(Box<Connecting>),
+    /// Inline, not boxed: no allocation per connection, and an established connection is the
+    /// larger variant anyway.
+    Connecting(Connecting),
     Established(Established),
 }
 
@@ -705,6 +707,22 @@ mod tests {
         assert_eq!(&got, b"pong");
         assert!(!holds_buffers(&conn));
         assert_eq!(pool.spare(), 1);
+    }
+
+    #[test]
+    fn a_connection_is_small_and_connecting_is_not_the_larger_phase() {
+        // What every open connection costs in the slab, besides its sockets and the kernel's.
+        let conn = std::mem::size_of::<Conn>();
+        let (connecting, established) = (
+            std::mem::size_of::<Connecting>(),
+            std::mem::size_of::<Established>(),
+        );
+        println!("conn {conn} B, connecting {connecting} B, established {established} B");
+        assert!(
+            connecting <= established,
+            "unboxing Connecting grew every connection"
+        );
+        assert!(conn <= 320, "a connection grew to {conn} bytes");
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl EventLoop {
             client_ready: Ready::default(),
             upstream: None,
             upstream_ready: Ready::default(),
-            phase: Phase::Connecting(Box::new(Connecting {
+            phase: Phase::Connecting(Connecting {
                 snapshot,
                 client_ip,
                 first,
@@ -80,7 +80,7 @@ impl EventLoop {
                 attempt: None,
                 started: Instant::now(),
                 deadline_ms: 0,
-            })),
+            }),
             source,
             armed_tick: None,
             last_activity_ms: now,
