@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accounting;
 mod admin;
 mod balance;
 mod cli;

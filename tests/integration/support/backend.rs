@@ -39,6 +39,18 @@ impl Backend {
         Self::serve(listener, name, behaviour)
     }
 
+    /// Starts a backend on 127.0.0.1:0 whose accept queue holds `backlog` connections, for
+    /// bursts of connects (the queue of [`Backend::start`] holds std's 128: past that the kernel
+    /// drops SYNs, and vipd's connect waits for the retransmission a second later).
+    pub async fn start_with_backlog(name: &str, behaviour: Behaviour, backlog: u32) -> Backend {
+        let socket = tokio::net::TcpSocket::new_v4().expect("backend socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind backend");
+        let listener = socket.listen(backlog).expect("listen");
+        Self::serve(listener, name, behaviour)
+    }
+
     /// Starts a backend on `addr` (port 0 = any free port).
     pub async fn start_on(addr: SocketAddr, name: &str, behaviour: Behaviour) -> Backend {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
