@@ -333,6 +333,9 @@ impl EventLoop {
                 continue;
             }
             let fired = self.watched.swap_remove(i).drain;
+            // The turn's clock was read before its events: count the grace from now, so no
+            // connection gets less than its drain timeout.
+            let now = self.now_ms();
             let mut keys = Vec::new();
             for (key, conn) in self.conns.iter_mut() {
                 if let Phase::Established(established) = &mut conn.phase
