@@ -389,7 +389,7 @@ impl App {
             config_path,
             root,
             listeners: HashMap::new(),
-            accept_loops: TaskTracker::new(),
+            served_sockets: TaskTracker::new(),
             connections: TaskTracker::new(),
             workers,
             control: control.clone(),
@@ -429,9 +429,10 @@ impl App {
         crate::notify::stopping();
 
         running.root.cancel();
-        // Every accept loop watches the root token; once they are done no listener is open.
-        running.accept_loops.close();
-        running.accept_loops.wait().await;
+        // Every socket served by a worker watches the root token; once the tasks waiting for
+        // them are done, no listener is open.
+        running.served_sockets.close();
+        running.served_sockets.wait().await;
         state.enter(Phase::Draining);
         running.connections.close();
         tracing::info!(
@@ -469,10 +470,10 @@ struct Running {
     root: CancellationToken,
     /// Keyed by service name and configured listen address (with its protocol).
     listeners: HashMap<(String, Listen), OpenListener>,
-    /// TCP accept loops and UDP serve loops.
-    accept_loops: TaskTracker,
+    /// One task per socket handed to a worker, done once the worker has closed it.
+    served_sockets: TaskTracker,
     connections: TaskTracker,
-    /// The threads accept loops and connections run on.
+    /// The data-plane threads: their event loops serve the sockets and connections.
     workers: Workers,
     control: TaskTracker,
     /// `vipd_config_reloads_total{result}`: success, failure.
@@ -498,7 +499,7 @@ impl Running {
         }
     }
 
-    /// Serves a bound group: socket `i` is served by worker `i`, whose runtime then runs the
+    /// Serves a bound group: socket `i` is served by worker `i`, whose event loop then runs the
     /// connections (TCP) or flows (UDP) that socket receives.
     fn open_listener(
         &mut self,
@@ -515,7 +516,7 @@ impl Running {
             configured.addr.port(),
             &stop,
             &self.workers,
-            &self.accept_loops,
+            &self.served_sockets,
             &self.connections,
         );
         self.listeners.insert(
