@@ -72,6 +72,24 @@ pub struct Ready {
     pub failed: bool,
 }
 
+impl Ready {
+    /// Takes in what `event` reports of the socket: an edge sets flags, never clears them.
+    pub fn note(&mut self, event: &mio::event::Event) {
+        if event.is_read_closed() || event.is_error() {
+            self.read_closed = true;
+            self.readable = true;
+        } else if event.is_readable() {
+            self.readable = true;
+        }
+        if event.is_writable() || event.is_write_closed() || event.is_error() {
+            self.writable = true;
+        }
+        if event.is_error() || event.is_write_closed() {
+            self.failed = true;
+        }
+    }
+}
+
 /// One direction of an established connection: bytes `start..end` of its buffer wait for the
 /// destination, and while the direction is bulk, bytes in a borrowed pipe (see [`splice`]).
 ///

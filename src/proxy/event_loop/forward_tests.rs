@@ -100,15 +100,7 @@ fn note(conn: &mut Conn, event: &Event) {
     } else {
         &mut conn.upstream_ready
     };
-    if event.is_read_closed() || event.is_error() {
-        ready.read_closed = true;
-        ready.readable = true;
-    } else if event.is_readable() {
-        ready.readable = true;
-    }
-    if event.is_writable() || event.is_write_closed() || event.is_error() {
-        ready.writable = true;
-    }
+    ready.note(event);
 }
 
 /// Waits for the next events, at most [`GUARD`]: none is a failure, not a hang.

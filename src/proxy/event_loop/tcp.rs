@@ -215,18 +215,7 @@ impl EventLoop {
                 _ => &mut conn.upstream_ready,
             }
         };
-        if event.is_read_closed() || event.is_error() {
-            ready.read_closed = true;
-            ready.readable = true;
-        } else if event.is_readable() {
-            ready.readable = true;
-        }
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
-            ready.writable = true;
-        }
-        if event.is_error() || event.is_write_closed() {
-            ready.failed = true;
-        }
+        ready.note(event);
         self.drive(key, now);
     }
 
