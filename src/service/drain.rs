@@ -39,6 +39,7 @@ impl Drain {
     /// Connections may run on for their drain timeout.
     pub fn start(&self) {
         self.token.cancel();
+        crate::proxy::event_loop::look_at_drains();
     }
 
     /// Connections end now.
@@ -46,6 +47,9 @@ impl Drain {
         // Release/Acquire: a connection woken by the cancellation sees the flag.
         self.at_once.store(true, Ordering::Release);
         self.token.cancel();
+        // The data plane's loops look at their drain signals at once, not at their next poll:
+        // a connection to an endpoint marked down must not carry more requests there.
+        crate::proxy::event_loop::look_at_drains();
     }
 
     /// How long a connection may still run once the signal fired: `drain_timeout`, or nothing

@@ -18,14 +18,13 @@
 //! move through pooled pipes with splice(2) ([`splice`]). UDP ports keep their batched paths
 //! (`proxy::udp`), driven by the same readiness.
 //!
-//! Drain signals are polled every [`DRAIN_POLL_MS`] rather than watched per connection: a
-//! connection takes its endpoint's `Drain`, but the loop keeps one entry per distinct `Drain`
-//! (there are as many as endpoints, not connections) and checks each with one uncontended lock
-//! on its token per poll. Per-connection watching would need a waker per connection in each
-//! token's waiter list, an allocation and a cross-thread wake each, for a signal that fires
-//! about once per endpoint lifetime; the price is up to `DRAIN_POLL_MS` more before a drain
-//! starts (and before `on_marked_down = "close"` cuts connections), next to drain timeouts of
-//! seconds.
+//! Drain signals are not watched per connection: a connection takes its endpoint's `Drain`,
+//! but the loop keeps one entry per distinct `Drain` (there are as many as endpoints, not
+//! connections) and looks at each when told to ([`look_at_drains`], called when an endpoint's
+//! drain starts or its connections must close at once), and every [`DRAIN_POLL_MS`] for the
+//! signals that fire through a parent token (a service retired, shutdown). Per-connection
+//! watching would need a waker per connection in each token's waiter list, an allocation and a
+//! cross-thread wake each, for a signal that fires about once per endpoint lifetime.
 
 mod conn;
 mod connect;
@@ -37,8 +36,8 @@ mod wheel;
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -70,6 +69,20 @@ const EVENTS: usize = 1024;
 const FREE_BUFFERS_MAX: usize = 4096;
 /// UDP datagrams (or GRO trains) one port handles per loop turn before the others get theirs.
 const UDP_BUDGET: usize = 8 * super::udp::batch::SLOTS;
+
+/// Every loop's waker in the process, for [`look_at_drains`]; dead ones are dropped as found.
+static LOOPS: Mutex<Vec<Weak<Waker>>> = Mutex::new(Vec::new());
+
+/// Has every loop look at its drain signals now. Called when a drain fires directly; rare (an
+/// endpoint removed, drained, or marked down with `on_marked_down = "close"`), so a lock is
+/// fine here.
+pub fn look_at_drains() {
+    let mut loops = LOOPS.lock().unwrap_or_else(|e| e.into_inner());
+    loops.retain(|waker| match waker.upgrade() {
+        Some(waker) => waker.wake().is_ok(),
+        None => false,
+    });
+}
 
 /// A socket handed to a worker's loop.
 pub enum Command {
@@ -271,6 +284,10 @@ impl EventLoop {
     pub fn new() -> io::Result<(EventLoop, LoopHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        LOOPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&waker));
         let (commands, receiver) = mpsc::channel();
         let event_loop = EventLoop {
             poll,
@@ -385,6 +402,9 @@ impl EventLoop {
 
     /// Takes new sockets, and closes those whose stop token fired.
     fn on_wake(&mut self, now: u64) {
+        // Woken by `look_at_drains`, or for a command: wake-ups are rare, and a look costs one
+        // check per watched signal, so every wake-up looks at the drains this turn.
+        self.next_drain_poll_ms = 0;
         loop {
             match self.commands.try_recv() {
                 Ok(command) => self.add(command, now),

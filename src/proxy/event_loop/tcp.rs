@@ -325,19 +325,29 @@ impl EventLoop {
             // The turn's clock was read before its events: count the grace from now, so no
             // connection gets less than its drain timeout.
             let now = self.now_ms();
-            let mut keys = Vec::new();
+            let (mut later, mut at_once) = (Vec::new(), Vec::new());
             for (key, conn) in self.conns.iter_mut() {
                 if let Phase::Established(established) = &mut conn.phase
                     && established.drain_at_ms.is_none()
                     && Arc::ptr_eq(&established.drain, &fired)
                 {
-                    established.drain_at_ms =
-                        Some(now + fired.grace(established.drain_timeout).as_millis() as u64);
-                    keys.push(key);
+                    let grace = fired.grace(established.drain_timeout);
+                    established.drain_at_ms = Some(now + grace.as_millis() as u64);
+                    if grace.is_zero() {
+                        at_once.push(key);
+                    } else {
+                        later.push(key);
+                    }
                 }
             }
-            for key in keys {
+            for key in later {
                 self.arm(key);
+            }
+            // Closed now, not at the wheel's next tick: not one more request may reach an
+            // endpoint whose connections must end at once.
+            for key in at_once {
+                tracing::debug!("drained at once; closing");
+                self.close(key);
             }
         }
     }
