@@ -225,7 +225,7 @@ fn upstream_side(tried: usize) -> usize {
 }
 
 /// Registers a socket by its descriptor, readable (and writable when asked), edge-triggered.
-fn register(
+pub(crate) fn register(
     registry: &Registry,
     fd: &impl AsRawFd,
     token: Token,
@@ -313,13 +313,6 @@ impl EventLoop {
                 waker: LoopWaker(waker),
             },
         ))
-    }
-
-    /// Borrows pipes from `pipes` for bulk directions instead of the process-wide pool
-    /// (`None`: copy through userspace only).
-    pub fn with_pipes(mut self, pipes: Option<&'static PipePool>) -> Self {
-        self.pipes = pipes;
-        self
     }
 
     fn now_ms(&self) -> u64 {

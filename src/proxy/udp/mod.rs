@@ -36,17 +36,16 @@ pub mod socket;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use tokio::time::Instant;
 
 use crate::balance::affinity_timeout;
 use crate::config::Protocol;
-use crate::proxy::event_loop::flow_token;
+use crate::proxy::event_loop::{flow_token, register};
 use crate::service::{Endpoint, PortPool, Rotation, ServiceState, Snapshot, UdpDrop};
 use batch::{SLOTS, Slots};
 use flows::{FlowId, FlowTable, Route};
@@ -409,11 +408,7 @@ impl PortLoop {
     /// it cannot be.
     fn watch(&self, id: FlowId, upstream: &std::net::UdpSocket) -> bool {
         let token = flow_token(self.source, id);
-        let fd = upstream.as_raw_fd();
-        match self
-            .registry
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
-        {
+        match register(&self.registry, upstream, token, Interest::READABLE) {
             Ok(()) => true,
             Err(error) => {
                 tracing::debug!(service = self.service.name(), %error, "cannot register a flow's socket");
