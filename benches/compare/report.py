@@ -6,13 +6,16 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGETS = ["direct", "vipd", "haproxy", "haproxy-splice", "nginx"]
+TARGETS = ["direct", "vipd", "vipd-no-half-close", "haproxy", "haproxy-splice", "nginx",
+           "nginx-half-close"]
 HEADERS = {
     "direct": "direct",
     "vipd": "vipd",
     "haproxy": "HAProxy tcp",
     "haproxy-splice": "HAProxy + splice-auto",
     "nginx": "nginx stream",
+    "vipd-no-half-close": "vipd, half_close = false",
+    "nginx-half-close": "nginx stream, proxy_half_close on",
 }
 # Requests per redis-benchmark test, when run.sh passes them.
 REDIS_N = {p: (f", {int(os.environ[f'REDIS_N_P{p}']):,} each" if os.environ.get(f"REDIS_N_P{p}") else "")

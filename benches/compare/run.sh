@@ -16,12 +16,13 @@
 #
 # Usage (as root, from anywhere): benches/compare/run.sh
 # Environment: RUNS rounds (5), DURATION seconds per timed workload (3), IDLE_CONNS (5000),
-#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx"),
+#              TARGETS (subset of "direct vipd haproxy haproxy-splice nginx", or the variants
+#              "vipd-no-half-close" and "nginx-half-close", not in the default set),
 #              WORKLOADS (subset of "idle bulk rr crr udp udp-bulk redis pgbench"),
 #              VIPD (path to a vipd binary; default: cargo build --release),
 #              REDIS_N_P1, REDIS_N_P16 (requests per redis-benchmark test; default: calibrated
 #              on direct so that SET and GET together take about DURATION seconds).
-# Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-84. Every process it starts
+# Loopback only: backends on 127.0.0.71-73, proxies on 127.0.0.81-86. Every process it starts
 # is stopped by its PID on exit. Takes about 13 minutes with the defaults (redis about 4.5 and
 # pgbench about 3 of them; a vipd build not included).
 set -euo pipefail
@@ -44,7 +45,8 @@ PG_PORT=5432
 # One PostgreSQL, on the first backend address.
 PG_IP=${BACKENDS[0]}
 declare -A PROXY_IP=([direct]=127.0.0.71 [vipd]=127.0.0.81 [haproxy]=127.0.0.82
-  [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84)
+  [haproxy-splice]=127.0.0.83 [nginx]=127.0.0.84 [nginx-half-close]=127.0.0.85
+  [vipd-no-half-close]=127.0.0.86)
 read -r -a TARGETS <<<"${TARGETS:-direct vipd haproxy haproxy-splice nginx}"
 read -r -a WORKLOADS <<<"${WORKLOADS:-idle bulk rr crr udp udp-bulk redis pgbench}"
 wants() { [[ " ${WORKLOADS[*]} " == *" $1 "* ]]; }
@@ -272,10 +274,18 @@ fi
 
 # --- proxy configs -------------------------------------------------------------------------
 write_configs() {
-  local ip=${PROXY_IP[vipd]}
-  cat >"$WORK/vipd.toml" <<EOF
+  local ip variant defaults
+  # vipd as configured by default (half-close kept), and with half_close = false, which ends
+  # a connection at its first end of stream as nginx stream does by default.
+  for variant in vipd vipd-no-half-close; do
+    ip=${PROXY_IP[$variant]}
+    defaults=
+    if [ "$variant" = vipd-no-half-close ]; then defaults=$'[defaults]\nhalf_close = false'; fi
+    cat >"$WORK/$variant.toml" <<EOF
 [runtime]
 workers = 2
+
+$defaults
 
 [[service]]
 name = "http"
@@ -329,6 +339,7 @@ endpoints = ["$PG_IP:$PG_PORT"]
 check = "tcp"
 period = "1s"
 EOF
+  done
   for variant in haproxy haproxy-splice; do
     ip=${PROXY_IP[$variant]}
     {
@@ -373,36 +384,41 @@ EOF
       echo "  server p1 $PG_IP:$PG_PORT check inter 1s"
     } >"$WORK/$variant.cfg"
   done
-  ip=${PROXY_IP[nginx]}
-  mkdir -p "$WORK/nginx"
-  {
-    echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
-    echo "worker_processes 2; worker_rlimit_nofile 20000; pid $WORK/nginx/nginx.pid;"
-    echo "events { worker_connections 19000; }"
-    echo "stream {"
-    echo "  upstream http {"
-    for b in "${BACKENDS[@]}"; do echo "    server $b:$HTTP_PORT;"; done
-    echo "  }"
-    echo "  upstream bulk { server ${BACKENDS[0]}:$BULK_PORT; }"
-    echo "  upstream redis {"
-    for b in "${BACKENDS[@]}"; do echo "    server $b:$REDIS_PORT;"; done
-    echo "  }"
-    echo "  upstream postgres { server $PG_IP:$PG_PORT; }"
-    echo "  server { listen $ip:$REDIS_PORT; proxy_pass redis; }"
-    echo "  server { listen $ip:$PG_PORT; proxy_pass postgres; }"
-    echo "  upstream dns {"
-    for b in "${BACKENDS[@]}"; do echo "    server $b:$DNS_PORT;"; done
-    echo "  }"
-    echo "  server { listen $ip:$DNS_PORT udp reuseport; proxy_pass dns; proxy_responses 1; }"
-    echo "  server { listen $ip:$HTTP_PORT backlog=4096; proxy_pass http; }"
-    echo "  server { listen $ip:$BULK_PORT; proxy_pass bulk; }"
-    # A one-way stream: proxy_responses left unset (no limit), so a session lasts until
-    # proxy_timeout passes without a datagram (30 s, vipd's default udp_idle_timeout).
-    # proxy_responses 0 would end the session after every datagram, each next one opening a
-    # new upstream socket (and iperf3's server, connected to the first, would drop them).
-    echo "  server { listen $ip:$BULK_PORT udp reuseport; proxy_pass bulk; proxy_timeout 30s; }"
-    echo "}"
-  } >"$WORK/nginx/nginx.conf"
+  # nginx stream as configured by default (a session ends at the first end of stream, either
+  # way), and with proxy_half_close on, which keeps the other direction open as vipd does.
+  for variant in nginx nginx-half-close; do
+    ip=${PROXY_IP[$variant]}
+    mkdir -p "$WORK/$variant"
+    {
+      echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
+      echo "worker_processes 2; worker_rlimit_nofile 20000; pid $WORK/$variant/nginx.pid;"
+      echo "events { worker_connections 19000; }"
+      echo "stream {"
+      [ "$variant" = nginx-half-close ] && echo "  proxy_half_close on;"
+      echo "  upstream http {"
+      for b in "${BACKENDS[@]}"; do echo "    server $b:$HTTP_PORT;"; done
+      echo "  }"
+      echo "  upstream bulk { server ${BACKENDS[0]}:$BULK_PORT; }"
+      echo "  upstream redis {"
+      for b in "${BACKENDS[@]}"; do echo "    server $b:$REDIS_PORT;"; done
+      echo "  }"
+      echo "  upstream postgres { server $PG_IP:$PG_PORT; }"
+      echo "  server { listen $ip:$REDIS_PORT; proxy_pass redis; }"
+      echo "  server { listen $ip:$PG_PORT; proxy_pass postgres; }"
+      echo "  upstream dns {"
+      for b in "${BACKENDS[@]}"; do echo "    server $b:$DNS_PORT;"; done
+      echo "  }"
+      echo "  server { listen $ip:$DNS_PORT udp reuseport; proxy_pass dns; proxy_responses 1; }"
+      echo "  server { listen $ip:$HTTP_PORT backlog=4096; proxy_pass http; }"
+      echo "  server { listen $ip:$BULK_PORT; proxy_pass bulk; }"
+      # A one-way stream: proxy_responses left unset (no limit), so a session lasts until
+      # proxy_timeout passes without a datagram (30 s, vipd's default udp_idle_timeout).
+      # proxy_responses 0 would end the session after every datagram, each next one opening a
+      # new upstream socket (and iperf3's server, connected to the first, would drop them).
+      echo "  server { listen $ip:$BULK_PORT udp reuseport; proxy_pass bulk; proxy_timeout 30s; }"
+      echo "}"
+    } >"$WORK/$variant/nginx.conf"
+  done
 }
 write_configs
 
@@ -411,10 +427,10 @@ start_proxy() {
   PROXY_PID=
   case $1 in
     direct) return 0 ;;
-    vipd) "$VIPD" run --config "$WORK/vipd.toml" >"$WORK/vipd.log" 2>&1 & ;;
+    vipd | vipd-no-half-close) "$VIPD" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 & ;;
     haproxy | haproxy-splice) haproxy -db -f "$WORK/$1.cfg" >"$WORK/$1.log" 2>&1 & ;;
-    nginx) nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" \
-      -g 'daemon off;' >"$WORK/nginx.log" 2>&1 & ;;
+    nginx | nginx-half-close) nginx -p "$WORK/$1" -e "$WORK/$1/error.log" -c "$WORK/$1/nginx.conf" \
+      -g 'daemon off;' >"$WORK/$1.log" 2>&1 & ;;
   esac
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")

@@ -498,6 +498,10 @@ pub struct ConnectionSettings {
     pub drain_timeout: Duration,
     /// Distinct endpoints tried per client connection.
     pub max_connect_attempts: NonZeroU32,
+    /// When one direction of a TCP connection ends, keep the other open until it ends too
+    /// (forwarding the FIN); when false, close the connection once the ended direction's bytes
+    /// are delivered (nginx stream's default, `proxy_half_close off`).
+    pub half_close: bool,
 }
 
 impl Default for ConnectionSettings {
@@ -508,6 +512,7 @@ impl Default for ConnectionSettings {
             udp_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_connect_attempts: NonZeroU32::new(3).expect("non-zero"),
+            half_close: true,
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct RawConnection {
     pub drain_timeout: Option<Duration>,
     /// Endpoints tried per client connection.
     pub max_connect_attempts: Option<u32>,
+    /// Keep the other direction open when one ends.
+    pub half_close: Option<bool>,
 }
 
 /// One `[[service]]`.
@@ -129,6 +131,8 @@ pub struct RawService {
     pub drain_timeout: Option<Duration>,
     /// Overrides `[defaults].max_connect_attempts`.
     pub max_connect_attempts: Option<u32>,
+    /// Overrides `[defaults].half_close`.
+    pub half_close: Option<bool>,
     /// Most UDP flows at once.
     pub max_udp_flows: Option<u32>,
     /// `[service.health]`.

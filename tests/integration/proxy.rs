@@ -1,4 +1,5 @@
-//! Data path: round robin, connect failover, half-close, integrity, idle timeout.
+//! Data path: round robin, connect failover, half-close (and without it), integrity, idle
+//! timeout.
 
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -121,6 +122,25 @@ async fn half_close_keeps_the_other_direction_open() {
     .await
     .unwrap();
     assert_eq!(answer, "got 100000 bytes");
+}
+
+#[tokio::test]
+async fn without_half_close_the_first_end_closes_the_connection() {
+    let backend = Backend::start("counter", Behaviour::CountThenAnswer).await;
+    let mut svc = service("no-half-close", &[backend.addr]);
+    svc.connection.half_close = false;
+    let vipd = Running::start(vec![svc], false).await;
+    let mut stream = TcpStream::connect(vipd.addr("no-half-close"))
+        .await
+        .unwrap();
+    stream.write_all(&[7u8; 100_000]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    // The backend answers only after our EOF, which reaches it as vipd's close of both ways.
+    let mut answer = String::new();
+    within("close after our end", stream.read_to_string(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer, "", "nothing comes back once our direction ended");
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so both ends can agree without storing them.

@@ -61,6 +61,7 @@ impl Validator {
             udp_idle_timeout,
             drain_timeout,
             max_connect_attempts,
+            half_close: raw.half_close.unwrap_or(base.half_close),
         }
     }
 }

@@ -166,6 +166,7 @@ mod tests {
             connect_timeout = "2s"
             idle_timeout = "10m"
             max_connect_attempts = 5
+            half_close = false
 
             [[service]]
             name = "web"
@@ -174,6 +175,7 @@ mod tests {
             endpoints = ["::2", "[::3]", "10.0.0.1"]
             balance = "round_robin"
             idle_timeout = "1m"
+            half_close = true
             [service.health]
             check = "http"
             path = "/healthz"
@@ -230,6 +232,7 @@ mod tests {
                 udp_idle_timeout: ms(30_000),
                 drain_timeout: ms(30_000),
                 max_connect_attempts: nz(5),
+                half_close: true,
             }
         );
         assert_eq!(
@@ -247,6 +250,10 @@ mod tests {
 
         let db = &config.services[1];
         assert_eq!(db.connection.idle_timeout, ms(600_000));
+        assert!(
+            !db.connection.half_close,
+            "[defaults] over the built-in default"
+        );
         assert_eq!(db.health, Health::default());
         assert_eq!(
             db.endpoint_addrs(&db.ports[0]),

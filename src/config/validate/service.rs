@@ -90,6 +90,7 @@ impl Validator {
             udp_idle_timeout: raw.udp_idle_timeout,
             drain_timeout: raw.drain_timeout,
             max_connect_attempts: raw.max_connect_attempts,
+            half_close: raw.half_close,
         };
         let connection = self.connection(&scope, "", &overrides, defaults);
         let max_udp_flows = self.at_least_one(

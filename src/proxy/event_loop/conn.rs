@@ -299,6 +299,8 @@ pub struct Established {
     /// Client → endpoint, endpoint → client.
     pub halves: [Half; 2],
     pub idle_timeout_ms: u64,
+    /// The service's `half_close`: when false, the connection ends with its first direction.
+    pub half_close: bool,
     pub drain: Arc<Drain>,
     pub drain_timeout: Duration,
     /// Loop milliseconds of the drain deadline, once the drain signal fired.
@@ -356,8 +358,8 @@ impl Conn {
     /// Forwards both ways as far as the sockets allow (bulk directions through pipes from
     /// `pipes`), shutting a destination's sending side down when its direction ends first.
     /// Returns the bytes read from the client and from the endpoint, and `Complete` once both
-    /// directions ended: the caller then closes both sockets, and that close sends the FIN of
-    /// the direction that ended last.
+    /// directions ended (without `half_close`: once either did): the caller then closes both
+    /// sockets, and that close sends the FIN of the direction that ended last.
     pub fn forward(
         &mut self,
         now_ms: u64,
@@ -367,6 +369,7 @@ impl Conn {
         let Phase::Established(established) = &mut self.phase else {
             return Ok((Flow::Open, 0, 0));
         };
+        let half_close = established.half_close;
         let upstream = self.upstream.as_mut().expect("established has an upstream");
         let buffers = established.buffers.get_or_insert_with(|| pool.take());
         let (inbound_buffer, outbound_buffer) = buffers.split_at_mut(BUFFER_SIZE);
@@ -400,7 +403,11 @@ impl Conn {
         if moved_in.read + moved_in.written + moved_out.read + moved_out.written > 0 {
             self.last_activity_ms = now_ms;
         }
-        if inbound.finished() && outbound.finished() {
+        if (inbound.finished() && outbound.finished())
+            || (!half_close && (inbound.finished() || outbound.finished()))
+        {
+            // Without half-close, what the other direction still had on its way is dropped,
+            // as nginx stream does: saves the wait for the second FIN.
             return Ok((Flow::Complete, moved_in.read, moved_out.read));
         }
         if inbound.finished() && !inbound.is_shut() {

@@ -201,6 +201,7 @@ impl EventLoop {
             buffers: None,
             halves: [Half::new(may_splice), Half::new(may_splice)],
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
+            half_close: settings.half_close,
             drain,
             drain_timeout: settings.drain_timeout,
             drain_at_ms,

@@ -8,7 +8,8 @@
 //! bytes arrive intact both ways and are spliced; with no pipe free, or none lent, bytes are
 //! copied; connections share a capped pool; a stalled destination's bytes wait in the pipe until
 //! it reads; a half-close after splicing still carries the answer; a quiet connection holds no
-//! pipe. Also the harness `conn`'s own tests use ([`established`], [`drive`], [`drive_with`]).
+//! pipe. Without `half_close` a connection ends with its first direction. Also the harness
+//! `conn`'s own tests use ([`established`], [`drive`], [`drive_with`]).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream as StdStream};
@@ -69,6 +70,7 @@ fn connection(poll: &Poll, id: usize, may_splice: bool) -> (Conn, StdStream, Std
             buffers: None,
             halves: [Half::new(may_splice), Half::new(may_splice)],
             idle_timeout_ms: 1_000,
+            half_close: true,
             drain: endpoint.drain_token(),
             drain_timeout: Duration::from_secs(1),
             drain_at_ms: None,
@@ -512,4 +514,36 @@ fn quiet_connection_holds_no_pipe() {
     assert!(proxied[0].halves()[1].pipe.is_none());
     assert!(pipes.live() > 0);
     assert_eq!(pipes.idle(), pipes.live(), "every pipe is back in the pool");
+}
+
+#[test]
+fn without_half_close_the_first_end_closes_both_ways() {
+    let mut poll = Poll::new().unwrap();
+    let (mut conn, mut client_far, mut upstream_far) = established(&poll);
+    let Phase::Established(established) = &mut conn.phase else {
+        unreachable!("built established")
+    };
+    established.half_close = false;
+    // The endpoint answers and closes first (an HTTP/1.0 server, a crr request).
+    upstream_far.write_all(b"answer").unwrap();
+    upstream_far.shutdown(Shutdown::Write).unwrap();
+    let flow = drive(&mut poll, &mut conn, |_, flow| *flow == Flow::Complete);
+    assert_eq!(flow, Flow::Complete, "no wait for the client's end");
+    assert!(
+        !halves(&conn)[1].is_shut(),
+        "no shutdown: the close ends both ways"
+    );
+    drop(conn);
+    let mut answer = Vec::new();
+    client_far.read_to_end(&mut answer).unwrap();
+    assert_eq!(
+        answer, b"answer",
+        "the ended direction's bytes were delivered first"
+    );
+    let mut rest = Vec::new();
+    upstream_far.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "the endpoint's side was closed, not left open"
+    );
 }
