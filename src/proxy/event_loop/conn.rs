@@ -278,15 +278,33 @@ pub struct Connecting {
     pub client_ip: Option<IpAddr>,
     /// Candidate index of the first pick.
     pub first: usize,
-    /// Attempts started so far (the current one is `tried - 1` after `first`).
+    /// Candidates looked at so far, from `first` on (those at their connection limit are
+    /// passed over without an attempt).
+    pub scanned: usize,
+    /// Attempts started so far.
     pub tried: usize,
     /// Distinct endpoints that may be tried.
     pub attempts: usize,
     /// The current attempt (counts as active on its endpoint) and its endpoint.
     pub attempt: Option<(Attempt, Arc<Endpoint>)>,
     pub started: Instant,
-    /// Loop milliseconds at which the current attempt times out.
+    /// Loop milliseconds at which the current attempt times out, or while `queued`, the
+    /// queue timeout.
     pub deadline_ms: u64,
+    /// In the service's queue: every candidate left is at its connection limit.
+    pub queued: bool,
+    /// Counted among the queue's waiting connections (queued, or granted a slot and not yet
+    /// connecting): leaves the count when it starts an attempt, times out or closes.
+    pub waiting: bool,
+}
+
+/// The limits a connection counts against (see `proxy::admission`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Admitted {
+    /// The service's `max_connections`.
+    pub service: bool,
+    /// `[runtime] max_connections`.
+    pub process: bool,
 }
 
 /// A connected pair forwarding both ways.
@@ -339,6 +357,8 @@ pub struct Conn {
     pub armed_tick: Option<u64>,
     /// Loop milliseconds of the last byte moved (either way).
     pub last_activity_ms: u64,
+    /// The connection limits it counts against.
+    pub admitted: Admitted,
 }
 
 impl Conn {
