@@ -236,3 +236,48 @@ async fn a_queued_client_is_closed_after_queue_timeout() {
     // The slot holder was never disturbed.
     assert!(nothing_yet(&held.0));
 }
+
+#[tokio::test]
+async fn raised_limits_apply_on_reload_to_clients_already_waiting() {
+    let backend = Backend::start(NAME, Behaviour::NameThenHold).await;
+    let mut svc = service("grown", &[backend.addr]);
+    svc.max_connections = limit(1);
+    svc.max_connections_per_endpoint = limit(1);
+    svc.connection.queue_timeout = Duration::from_secs(60);
+    let before = config(vec![svc], false);
+    let vipd = Running::start_config(before.clone()).await;
+    let vip = vipd.addr("grown");
+    let state = vipd.service("grown");
+    let _held = within("served", name_of(TcpStream::connect(vip).await.unwrap())).await;
+
+    // At the service's limit: the next client waits in the kernel's accept queue.
+    let waiting = TcpStream::connect(vip).await.unwrap();
+    poll_until("the client in the accept queue", || async {
+        let queued = accept_queue(vip);
+        (queued == 1)
+            .then_some(())
+            .ok_or(format!("{queued} queued"))
+    })
+    .await;
+
+    // A higher service limit: accepted, and now waiting for the endpoint, which is full.
+    let mut after = before.clone();
+    after.services[0].max_connections = limit(3);
+    vipd.state
+        .apply(after.clone())
+        .await
+        .expect("reload applies");
+    poll_until("the client in the endpoint queue", || async {
+        let len = state.queue.len();
+        (len == 1).then_some(()).ok_or(format!("{len} queued"))
+    })
+    .await;
+    assert!(nothing_yet(&waiting));
+
+    // A higher endpoint limit: served at once.
+    after.services[0].max_connections_per_endpoint = limit(2);
+    vipd.state.apply(after).await.expect("reload applies");
+    let (_, name) = within("served after the reload", name_of(waiting)).await;
+    assert_eq!(name, NAME);
+    assert_eq!(state.queue.len(), 0);
+}
