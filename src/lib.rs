@@ -10,6 +10,8 @@
 //! - [`health`]: the health state machine (pure), the probes (tcp, http, exec) around it, and
 //!   their schedule.
 //! - [`balance`]: pickers that choose an endpoint for a new connection.
+//! - [`proxy_protocol`]: HAProxy's PROXY protocol v1 and v2: a sans-IO parser and encoder of
+//!   the header that carries the real client's address.
 //! - [`proxy`]: the data plane: accept, pick, connect with failover, copy both ways (splice(2)
 //!   for bulk flows on Linux); UDP flows pinned to endpoints, one serve loop per worker socket.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/status`, and the
@@ -39,6 +41,7 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod service;
 pub mod shutdown;
 pub mod status;
