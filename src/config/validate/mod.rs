@@ -152,6 +152,7 @@ mod tests {
     use super::test_support::{load, ms, nz, problems, service};
     use crate::config::{
         Balance, ConnectionSettings, EndpointSpec, Health, HealthCheck, Protocol, ServicePort,
+        TcpKeepalive,
     };
 
     #[test]
@@ -167,6 +168,7 @@ mod tests {
             idle_timeout = "10m"
             max_connect_attempts = 5
             half_close = false
+            tcp_keepalive = { idle = "60s", interval = "10s", count = 6 }
 
             [[service]]
             name = "web"
@@ -176,6 +178,7 @@ mod tests {
             balance = "round_robin"
             idle_timeout = "1m"
             half_close = true
+            tcp_keepalive = { idle = "2m", interval = "5s", count = 3 }
             [service.health]
             check = "http"
             path = "/healthz"
@@ -233,6 +236,11 @@ mod tests {
                 drain_timeout: ms(30_000),
                 max_connect_attempts: nz(5),
                 half_close: true,
+                tcp_keepalive: Some(TcpKeepalive {
+                    idle: ms(120_000),
+                    interval: ms(5000),
+                    count: 3,
+                }),
             }
         );
         assert_eq!(
@@ -253,6 +261,14 @@ mod tests {
         assert!(
             !db.connection.half_close,
             "[defaults] over the built-in default"
+        );
+        assert_eq!(
+            db.connection.tcp_keepalive,
+            Some(TcpKeepalive {
+                idle: ms(60_000),
+                interval: ms(10_000),
+                count: 6,
+            })
         );
         assert_eq!(db.health, Health::default());
         assert_eq!(

@@ -13,7 +13,7 @@ use super::listen::{Listener, is_self_loop};
 use super::names::{check_dns_label, check_interface_name};
 use super::placement::PlacementKeys;
 use crate::config::raw::{
-    RawConnection, RawOnMarkedDown, RawOutlier, RawPort, RawProtocol, RawService,
+    RawConnection, RawKeepalive, RawOnMarkedDown, RawOutlier, RawPort, RawProtocol, RawService,
 };
 use crate::config::{
     ConnectionSettings, EndpointSpec, Health, HealthCheck, OnMarkedDown, Outlier, ProblemScope,
@@ -84,6 +84,23 @@ impl Validator {
             self.listeners(&scope, vip, &ports, &endpoints, listeners);
         }
 
+        // A TCP key on a service without a TCP port would do nothing, like the UDP keys on one
+        // without a UDP port below. It is reported and then left out, so a mistake inside it
+        // does not add a second message; `false` only turns off an inherited setting and is
+        // never wrong.
+        let udp_only = !ports.is_empty() && ports.iter().all(|(_, p)| p.protocol == Protocol::Udp);
+        let mut tcp_keepalive = raw.tcp_keepalive.clone();
+        if udp_only
+            && tcp_keepalive
+                .take_if(|k| *k != RawKeepalive::Bool(false))
+                .is_some()
+        {
+            self.push(
+                &scope,
+                "tcp_keepalive",
+                "only allowed on a service with a tcp port (ports[].protocol = \"tcp\")",
+            );
+        }
         let overrides = RawConnection {
             connect_timeout: raw.connect_timeout,
             idle_timeout: raw.idle_timeout,
@@ -91,6 +108,7 @@ impl Validator {
             drain_timeout: raw.drain_timeout,
             max_connect_attempts: raw.max_connect_attempts,
             half_close: raw.half_close,
+            tcp_keepalive,
         };
         let connection = self.connection(&scope, "", &overrides, defaults);
         let max_udp_flows = self.at_least_one(
