@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::conn::{Flow, Phase};
+use super::keepalive::ListenerKeepalive;
 use super::{CLIENT, EventLoop, Source, TICK_MS, upstream_side};
 use crate::service::ServiceState;
 
@@ -35,6 +36,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct TcpPort {
     listener: Option<TcpListener>,
     nodelay_inherited: bool,
+    /// What the listener passes on to accepted sockets as far as keepalive goes.
+    keepalive: ListenerKeepalive,
     pub service: Arc<ServiceState>,
     /// The service port as configured.
     pub port: u16,
@@ -73,6 +76,7 @@ impl TcpPort {
         Ok(TcpPort {
             listener: Some(TcpListener::from_std(listener)),
             nodelay_inherited,
+            keepalive: ListenerKeepalive::default(),
             service,
             port,
             stop,
@@ -147,6 +151,7 @@ impl EventLoop {
                     if !tcp.nodelay_inherited {
                         let _ = client.set_nodelay(true);
                     }
+                    tcp.keepalive.accepted(listener, &client, &tcp.service);
                     self.start(source, client, peer, now);
                     return;
                 }
