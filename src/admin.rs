@@ -450,7 +450,11 @@ mod tests {
                             active_connections: 2,
                             connections_total: 7,
                             active_flows: 0,
+                            max_connections: None,
                         }],
+                        max_connections: None,
+                        limited_connections: 0,
+                        queued_connections: 0,
                     }],
                 },
             });

@@ -240,8 +240,8 @@ impl App {
             .runtime
             .workers
             .unwrap_or_else(workers::default_count);
-        let workers =
-            Workers::start(workers).context("cannot start the data-plane worker threads")?;
+        let workers = Workers::start(workers, config.runtime.max_connections)
+            .context("cannot start the data-plane worker threads")?;
         let mut services = Vec::new();
         for service_config in &config.services {
             let listeners = bind_service(service_config, workers.count())?;
@@ -659,6 +659,9 @@ impl Running {
         }
         self.state.services.store(Arc::new(services));
         self.reconcile_vips(&new).await;
+        self.workers
+            .process_limit()
+            .set_max(new.runtime.max_connections);
         self.config = new;
         Ok(changes.summary())
     }

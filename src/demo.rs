@@ -50,7 +50,10 @@ pub fn config(ports: Ports) -> Config {
         .map(|i| EndpointSpec::new(LOCALHOST, Some(ports.first_backend + i)))
         .collect();
     Config {
-        runtime: Runtime { workers: None },
+        runtime: Runtime {
+            workers: None,
+            max_connections: None,
+        },
         admin: Some(Admin {
             listen: SocketAddr::new(LOCALHOST, ports.admin),
             token: None,
@@ -64,6 +67,7 @@ pub fn config(ports: Ports) -> Config {
                 target_port: ports.first_backend,
                 protocol: Protocol::Tcp,
                 name: Some("http".to_owned()),
+                accept_proxy_protocol: false,
             }],
             endpoints,
             balance: Balance::RoundRobin,
@@ -89,6 +93,10 @@ pub fn config(ports: Ports) -> Config {
             manage_vip: false,
             vip_interface: "lo".to_owned(),
             max_udp_flows: Service::DEFAULT_MAX_UDP_FLOWS,
+            max_connections: None,
+            max_connections_per_endpoint: None,
+            proxy_protocol: None,
+            proxy_protocol_trusted: Vec::new(),
         }],
     }
 }

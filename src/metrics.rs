@@ -45,6 +45,12 @@ pub const UDP_FLOWS_TOTAL: &str = "vipd_udp_flows_total";
 pub const DATAGRAMS_TOTAL: &str = "vipd_datagrams_total";
 /// `vipd_udp_flows_dropped_total{service,reason}`: client datagrams not forwarded, by reason (`limit`, `no_endpoint`, `socket`, `send_failed`); `send_failed` also counts replies that could not be sent to the client.
 pub const UDP_FLOWS_DROPPED_TOTAL: &str = "vipd_udp_flows_dropped_total";
+/// `vipd_connection_limit_reached_total{service}`: times a `max_connections` limit stopped accepting; `service=""` is the process's `[runtime]` limit.
+pub const CONNECTION_LIMIT_REACHED_TOTAL: &str = "vipd_connection_limit_reached_total";
+/// `vipd_queued_connections{service}`: client connections waiting for an endpoint below its `max_connections`.
+pub const QUEUED_CONNECTIONS: &str = "vipd_queued_connections";
+/// `vipd_queue_timeouts_total{service}`: queued client connections closed after `queue_timeout`.
+pub const QUEUE_TIMEOUTS_TOTAL: &str = "vipd_queue_timeouts_total";
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -102,6 +108,21 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
 
+    describe_counter!(
+        CONNECTION_LIMIT_REACHED_TOTAL,
+        Unit::Count,
+        "Times a max_connections limit stopped accepting (service=\"\": the process's limit)."
+    );
+    describe_gauge!(
+        QUEUED_CONNECTIONS,
+        Unit::Count,
+        "Client connections waiting for an endpoint below its connection limit."
+    );
+    describe_counter!(
+        QUEUE_TIMEOUTS_TOTAL,
+        Unit::Count,
+        "Queued client connections closed after queue_timeout."
+    );
     describe_counter!(
         CONNECTIONS_TOTAL,
         Unit::Count,

@@ -35,6 +35,12 @@ pub struct ServiceStatus {
     pub ports: Vec<PortStatus>,
     /// Every endpoint address behind every port.
     pub endpoints: Vec<EndpointStatus>,
+    /// `max_connections`, or null for none.
+    pub max_connections: Option<u32>,
+    /// Client connections counted against `max_connections` now (0 without a limit).
+    pub limited_connections: u32,
+    /// Client connections waiting for an endpoint below its `max_connections`.
+    pub queued_connections: usize,
 }
 
 /// One service port in `/status`.
@@ -73,6 +79,8 @@ pub struct EndpointStatus {
     pub connections_total: u64,
     /// UDP flows pinned to it now.
     pub active_flows: u64,
+    /// Its `max_connections`, or null for none.
+    pub max_connections: Option<u64>,
 }
 
 /// What the admin server needs from the running proxy.

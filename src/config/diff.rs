@@ -121,7 +121,8 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
             changes.removed.push(service.name.clone());
         }
     }
-    if old.runtime != new.runtime {
+    // `runtime.max_connections` applies live.
+    if old.runtime.workers != new.runtime.workers {
         changes.needs_restart.push("runtime.workers");
     }
     if old.admin != new.admin {

@@ -46,6 +46,8 @@ pub struct DnsServer {
 pub struct Runtime {
     /// Data-plane worker threads; `None` = one per available CPU.
     pub workers: Option<std::num::NonZeroUsize>,
+    /// Most client connections of the process at once; `None` = no limit.
+    pub max_connections: Option<NonZeroU32>,
 }
 
 /// `[admin]`.
@@ -115,6 +117,51 @@ pub struct Service {
     pub vip_interface: String,
     /// Most UDP flows the service keeps at once, over all its UDP ports and workers.
     pub max_udp_flows: NonZeroU32,
+    /// Most client connections of the service at once (its listeners stop accepting at the
+    /// limit); `None` = no limit.
+    pub max_connections: Option<NonZeroU32>,
+    /// Most connections to each endpoint at once, unless the endpoint sets its own; beyond it
+    /// new connections queue for `queue_timeout`. `None` = no limit.
+    pub max_connections_per_endpoint: Option<NonZeroU32>,
+    /// The PROXY header written to endpoints before any client byte; `None` = none.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// Peers whose PROXY headers are believed (ports with `accept_proxy_protocol`); a
+    /// connection from anyone else is closed at once.
+    pub proxy_protocol_trusted: Vec<Cidr>,
+}
+
+/// A PROXY protocol version vipd writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// The text header (`PROXY TCP4 …\r\n`), TCP only.
+    V1,
+    /// The binary header; also for UDP datagrams.
+    V2,
+}
+
+impl ProxyProtocolVersion {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocolVersion::V1 => "v1",
+            ProxyProtocolVersion::V2 => "v2",
+        }
+    }
+}
+
+/// An address block: an IP network with its prefix length (host bits zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
 }
 
 impl Service {
@@ -182,6 +229,9 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Optional name (used for DNS SRV records).
     pub name: Option<String>,
+    /// Every connection (or datagram) must begin with a PROXY header from a trusted peer, and
+    /// the client address it carries is the client's.
+    pub accept_proxy_protocol: bool,
 }
 
 /// Transport protocol of a service port.
@@ -220,6 +270,8 @@ pub struct EndpointSpec {
     pub name: Option<String>,
     /// Whether active health checks probe it; `false` = always healthy as far as probes go.
     pub check: bool,
+    /// Most connections to it at once; `None` = the service's `max_connections_per_endpoint`.
+    pub max_connections: Option<NonZeroU32>,
 }
 
 impl EndpointSpec {
@@ -237,6 +289,7 @@ impl EndpointSpec {
             backup: false,
             name: None,
             check: true,
+            max_connections: None,
         }
     }
 }
@@ -502,6 +555,12 @@ pub struct ConnectionSettings {
     /// (forwarding the FIN); when false, close the connection once the ended direction's bytes
     /// are delivered (nginx stream's default, `proxy_half_close off`).
     pub half_close: bool,
+    /// How long a new connection waits in the service's queue for an endpoint below its
+    /// connection limit before it is closed.
+    pub queue_timeout: Duration,
+    /// How long a connection on an `accept_proxy_protocol` port may take to send its PROXY
+    /// header before it is closed.
+    pub proxy_protocol_timeout: Duration,
     /// TCP keepalive on the client's and the endpoint's socket of each connection; `None` =
     /// off (the kernel's default).
     pub tcp_keepalive: Option<TcpKeepalive>,
@@ -538,6 +597,8 @@ impl Default for ConnectionSettings {
             max_connect_attempts: NonZeroU32::new(3).expect("non-zero"),
             half_close: true,
             tcp_keepalive: None,
+            queue_timeout: Duration::from_secs(5),
+            proxy_protocol_timeout: Duration::from_secs(3),
         }
     }
 }

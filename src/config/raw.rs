@@ -39,6 +39,8 @@ pub struct RawConfig {
 pub struct RawRuntime {
     /// Data-plane worker threads.
     pub workers: Option<usize>,
+    /// Most client connections of the whole process at once.
+    pub max_connections: Option<u32>,
 }
 
 /// `[admin]`.
@@ -89,6 +91,12 @@ pub struct RawConnection {
     pub half_close: Option<bool>,
     /// TCP keepalive of both sockets of a connection.
     pub tcp_keepalive: Option<RawKeepalive>,
+    /// How long a connection waits for an endpoint below its limit.
+    #[serde(default, deserialize_with = "duration")]
+    pub queue_timeout: Option<Duration>,
+    /// How long a connection on an `accept_proxy_protocol` port may take to send its header.
+    #[serde(default, deserialize_with = "duration")]
+    pub proxy_protocol_timeout: Option<Duration>,
 }
 
 /// One `[[service]]`.
@@ -137,6 +145,20 @@ pub struct RawService {
     pub half_close: Option<bool>,
     /// Replaces `[defaults].tcp_keepalive` (the whole table; `false` turns it off).
     pub tcp_keepalive: Option<RawKeepalive>,
+    /// Overrides `[defaults].queue_timeout`.
+    #[serde(default, deserialize_with = "duration")]
+    pub queue_timeout: Option<Duration>,
+    /// Overrides `[defaults].proxy_protocol_timeout`.
+    #[serde(default, deserialize_with = "duration")]
+    pub proxy_protocol_timeout: Option<Duration>,
+    /// `"v1"` or `"v2"`: the PROXY header written to endpoints.
+    pub proxy_protocol: Option<RawProxyProtocol>,
+    /// Peers (CIDRs or addresses, as written) whose PROXY headers are believed.
+    pub proxy_protocol_trusted: Option<Vec<String>>,
+    /// Most client connections of the service at once.
+    pub max_connections: Option<u32>,
+    /// Most connections to each endpoint at once (an endpoint's own `max_connections` wins).
+    pub max_connections_per_endpoint: Option<u32>,
     /// Most UDP flows at once.
     pub max_udp_flows: Option<u32>,
     /// `[service.health]`.
@@ -195,6 +217,18 @@ pub struct RawPort {
     pub protocol: Option<RawProtocol>,
     /// Optional port name.
     pub name: Option<String>,
+    /// Every connection (or datagram) must begin with a PROXY header.
+    pub accept_proxy_protocol: Option<bool>,
+}
+
+/// `proxy_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProxyProtocol {
+    /// `"v1"`: the text header (TCP only).
+    V1,
+    /// `"v2"`: the binary header.
+    V2,
 }
 
 /// `protocol`.
@@ -267,6 +301,8 @@ pub struct RawEndpoint {
     pub name: Option<String>,
     /// `check`, if given (table form only).
     pub check: Option<bool>,
+    /// `max_connections`, if given (table form only).
+    pub max_connections: Option<u32>,
     /// Written as a table (so problems name `endpoints[i].address`).
     pub table: bool,
 }
@@ -280,6 +316,7 @@ struct RawEndpointTable {
     backup: Option<bool>,
     name: Option<String>,
     check: Option<bool>,
+    max_connections: Option<u32>,
 }
 
 impl<'de> Deserialize<'de> for RawEndpoint {
@@ -302,6 +339,7 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                     backup: None,
                     name: None,
                     check: None,
+                    max_connections: None,
                     table: false,
                 })
             }
@@ -318,6 +356,7 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                     backup: table.backup,
                     name: table.name,
                     check: table.check,
+                    max_connections: table.max_connections,
                     table: true,
                 })
             }

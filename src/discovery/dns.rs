@@ -124,6 +124,7 @@ impl DnsResolver {
                                 backup: Some(record.priority) != primary,
                                 name: replica_name(&host),
                                 check: true,
+                                max_connections: None,
                             });
                         }
                     }

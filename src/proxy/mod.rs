@@ -9,7 +9,10 @@
 //! - [`event_loop`]: a worker's loop: TCP connections from accept to close, UDP ports.
 //! - [`udp`]: UDP flows: the port's path, the flow table, the sockets, batched I/O.
 //! - [`pipe_pool`]: the pipes bulk TCP directions splice through.
+//! - [`admission`]: connection limits and the queue for endpoints at their limit, shared by
+//!   every worker's loop.
 
+pub mod admission;
 pub mod event_loop;
 pub mod group;
 pub mod listener;

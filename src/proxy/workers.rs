@@ -8,7 +8,7 @@
 //! loops only through their command channels, atomics and tokens.
 
 use std::io;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::ConnectionLimit;
 use super::event_loop::{Command, EventLoop, LoopHandle, LoopWaker};
 use crate::service::ServiceState;
 
@@ -24,18 +25,29 @@ use crate::service::ServiceState;
 pub struct Workers {
     loops: Vec<LoopHandle>,
     threads: Vec<JoinHandle<()>>,
+    /// `[runtime] max_connections`, over every worker.
+    process_limit: Arc<ConnectionLimit>,
 }
 
 impl Workers {
-    /// Starts `count` worker threads, each with an event loop of its own.
-    pub fn start(count: NonZeroUsize) -> io::Result<Workers> {
+    /// Starts `count` worker threads, each with an event loop of its own, holding the process
+    /// to `max_connections` client connections.
+    pub fn start(count: NonZeroUsize, max_connections: Option<NonZeroU32>) -> io::Result<Workers> {
+        let process_limit = Arc::new(ConnectionLimit::new(
+            max_connections,
+            metrics::counter!(
+                crate::metrics::CONNECTION_LIMIT_REACHED_TOTAL,
+                "service" => ""
+            ),
+        ));
         let mut workers = Workers {
             loops: Vec::with_capacity(count.get()),
             threads: Vec::with_capacity(count.get()),
+            process_limit: Arc::clone(&process_limit),
         };
         for index in 0..count.get() {
             // Built here so a failure is returned rather than panicking on the new thread.
-            let (event_loop, handle) = EventLoop::new()?;
+            let (event_loop, handle) = EventLoop::new(Arc::clone(&process_limit))?;
             workers.loops.push(handle);
             let thread = std::thread::Builder::new()
                 .name(format!("vipd-worker-{index}"))
@@ -48,6 +60,11 @@ impl Workers {
     /// The number of workers (always at least 1).
     pub fn count(&self) -> usize {
         self.loops.len()
+    }
+
+    /// The process's connection limit (a reload sets it).
+    pub fn process_limit(&self) -> &ConnectionLimit {
+        &self.process_limit
     }
 
     /// Has worker `index` (modulo the count) accept on `listener` for service port `port`
@@ -183,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn stop_ends_every_worker_thread() {
-        let workers = Workers::start(NonZeroUsize::new(3).unwrap()).unwrap();
+        let workers = Workers::start(NonZeroUsize::new(3).unwrap(), None).unwrap();
         assert_eq!(workers.count(), 3);
         let threads: Vec<std::thread::Thread> =
             workers.threads.iter().map(|t| t.thread().clone()).collect();

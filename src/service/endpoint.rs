@@ -144,6 +144,8 @@ pub struct Endpoint {
     /// The service's token, parent of `drain`.
     service_retired: CancellationToken,
     active: AtomicU64,
+    /// Most active connections (`max_connections`); 0 = no limit.
+    limit: AtomicU64,
     /// UDP flows pinned here now.
     flows: AtomicU64,
     total: AtomicU64,
@@ -178,6 +180,7 @@ impl Endpoint {
             drain: ArcSwap::from_pointee(Drain::child_of(service_retired)),
             service_retired: service_retired.clone(),
             active: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
             flows: AtomicU64::new(0),
             total: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -404,6 +407,40 @@ impl Endpoint {
         Attempt {
             endpoint: Some(Arc::clone(self)),
         }
+    }
+
+    /// Like [`Endpoint::attempt`], but only while fewer than the endpoint's limit are active:
+    /// `None` when it is at its limit.
+    pub fn try_attempt(self: &Arc<Self>) -> Option<Attempt> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return Some(self.attempt());
+        }
+        self.active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |active| {
+                (active < limit).then_some(active + 1)
+            })
+            .ok()?;
+        Some(Attempt {
+            endpoint: Some(Arc::clone(self)),
+        })
+    }
+
+    /// Whether a connection fits under the limit now.
+    pub fn has_room(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || self.active.load(Ordering::Relaxed) < limit
+    }
+
+    /// The connection limit; `None` = none.
+    pub fn limit(&self) -> Option<u64> {
+        Some(self.limit.load(Ordering::Relaxed)).filter(|&l| l > 0)
+    }
+
+    /// Sets the connection limit (`None`: none). Connections above a lowered limit stay.
+    pub fn set_limit(&self, limit: Option<std::num::NonZeroU32>) {
+        self.limit
+            .store(limit.map_or(0, |l| u64::from(l.get())), Ordering::Relaxed);
     }
 
     fn release(&self) {

@@ -34,6 +34,7 @@ pub use snapshot::{Placement, PortPool, Rotation, Snapshot};
 
 use crate::config;
 use crate::metrics as names;
+use crate::proxy::admission::{ConnectionLimit, EndpointQueue};
 use crate::status::{EndpointStatus, PortStatus, ServiceStatus};
 
 /// What happened to an endpoint.
@@ -233,6 +234,10 @@ pub struct ServiceState {
     /// UDP flows of the service now, over all its UDP ports and workers (against
     /// `max_udp_flows`).
     udp_flows: Arc<AtomicUsize>,
+    /// `max_connections`, over all its TCP ports and workers.
+    pub limit: ConnectionLimit,
+    /// Connections waiting for an endpoint below its `max_connections`.
+    pub queue: Arc<EndpointQueue>,
     /// Metric handles of the service itself.
     pub metrics: ServiceMetrics,
 }
@@ -260,6 +265,7 @@ impl ServiceState {
         let (commands, inbox) = mpsc::channel(64);
         let (events, _) = broadcast::channel(256);
         let config = Arc::new(config);
+        let (name, config_limit) = (config.name.clone(), config.max_connections);
         let state = ServiceState {
             name: config.name.clone(),
             metrics: ServiceMetrics::new(&config.name),
@@ -289,6 +295,14 @@ impl ServiceState {
             first_round_done: watch::Sender::new(false),
             events,
             udp_flows: Arc::new(AtomicUsize::new(0)),
+            limit: ConnectionLimit::new(
+                config_limit,
+                metrics::counter!(names::CONNECTION_LIMIT_REACHED_TOTAL, "service" => name.clone()),
+            ),
+            queue: Arc::new(EndpointQueue::new(
+                metrics::gauge!(names::QUEUED_CONNECTIONS, "service" => name.clone()),
+                metrics::counter!(names::QUEUE_TIMEOUTS_TOTAL, "service" => name),
+            )),
         };
         (Arc::new(state), Inbox(inbox))
     }
@@ -369,7 +383,14 @@ impl ServiceState {
     }
 
     pub(crate) fn publish(&self, snapshot: Snapshot) {
+        let max_connections = snapshot.config.max_connections;
         self.snapshot.store(Arc::new(snapshot));
+        if self.limit.max() != max_connections {
+            self.limit.set_max(max_connections);
+        }
+        // Endpoints came, or their limits changed: a queued connection may fit now (if not,
+        // it goes back to the head).
+        self.queue.slot_freed();
     }
 
     /// Records the bound listen addresses, one per port in config order.
@@ -508,8 +529,12 @@ impl ServiceState {
                     active_connections: e.active_connections(),
                     connections_total: e.connections_total(),
                     active_flows: e.active_flows(),
+                    max_connections: e.limit(),
                 })
                 .collect(),
+            max_connections: self.limit.max().map(std::num::NonZeroU32::get),
+            limited_connections: self.limit.open(),
+            queued_connections: self.queue.len(),
         }
     }
 }

@@ -180,10 +180,15 @@ impl Owner {
             .collect();
         for addr in &desired {
             let placement = placements.get(addr);
+            // An endpoint's own `max_connections`, else the service's per-endpoint limit.
+            let limit = placement
+                .and_then(|spec| spec.max_connections)
+                .or(self.config.max_connections_per_endpoint);
             if let Some(mut member) = previous.remove(addr) {
                 if let Some(spec) = placement {
                     apply_placement(&member.endpoint, spec, probed.contains(addr));
                 }
+                member.endpoint.set_limit(limit);
                 let should_probe =
                     self.config.health.check != HealthCheck::None && member.endpoint.is_checked();
                 if should_probe != member.checked {
@@ -208,6 +213,7 @@ impl Owner {
             if let Some(spec) = placement {
                 apply_placement(&endpoint, spec, probed.contains(addr));
             }
+            endpoint.set_limit(limit);
             tracing::info!(service = self.service.name(), endpoint = %addr, "endpoint added");
             let member = self.new_member(endpoint);
             kept.push(member);

@@ -415,7 +415,10 @@ async fn the_app_serves_dns_for_its_services_and_counts_queries() {
     let mut dns_settings = settings(vec![]);
     dns_settings.zone = "svc.cluster.local".to_owned();
     let config = Config {
-        runtime: Runtime { workers: None },
+        runtime: Runtime {
+            workers: None,
+            max_connections: None,
+        },
         admin: Some(vipd::config::Admin {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: None,

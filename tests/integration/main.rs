@@ -13,6 +13,7 @@ mod dns;
 mod failover;
 mod health;
 mod keepalive;
+mod limits;
 mod prometheus;
 mod proxy;
 mod reload;

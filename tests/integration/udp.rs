@@ -247,6 +247,7 @@ async fn reloads_move_flows_off_removed_endpoints_keep_the_others_and_add_and_re
         target_port: 0,
         protocol: Protocol::Udp,
         name: None,
+        accept_proxy_protocol: false,
     });
     vipd.state
         .apply(after.clone())
@@ -495,6 +496,7 @@ async fn a_mixed_service_serves_tcp_and_udp_on_one_port_and_publishes_both_srv_r
             target_port: server.addr.port(),
             protocol,
             name: Some("dns".to_owned()),
+            accept_proxy_protocol: false,
         })
         .collect();
     let mut cfg = config(vec![service], false);
@@ -554,12 +556,14 @@ async fn endpoints_behind_udp_ports_only_are_not_probed_over_tcp() {
             target_port: tcp.addr.port(),
             protocol: Protocol::Tcp,
             name: None,
+            accept_proxy_protocol: false,
         },
         ServicePort {
             port: 0,
             target_port: echo.addr.port(),
             protocol: Protocol::Udp,
             name: None,
+            accept_proxy_protocol: false,
         },
     ];
     let vipd = Running::start(vec![service], false).await;

@@ -64,6 +64,18 @@ impl Validator {
                 .keepalive(scope, &format!("{prefix}tcp_keepalive"), keepalive)
                 .unwrap_or(base.tcp_keepalive),
         };
+        let queue_timeout = self.positive(
+            scope,
+            &format!("{prefix}queue_timeout"),
+            raw.queue_timeout,
+            base.queue_timeout,
+        );
+        let proxy_protocol_timeout = self.positive(
+            scope,
+            &format!("{prefix}proxy_protocol_timeout"),
+            raw.proxy_protocol_timeout,
+            base.proxy_protocol_timeout,
+        );
         ConnectionSettings {
             connect_timeout,
             idle_timeout,
@@ -72,6 +84,8 @@ impl Validator {
             max_connect_attempts,
             half_close: raw.half_close.unwrap_or(base.half_close),
             tcp_keepalive,
+            queue_timeout,
+            proxy_protocol_timeout,
         }
     }
 
@@ -249,6 +263,52 @@ mod tests {
                 udp_service("tcp_keepalive = true\n"),
                 "vipd.toml: service \"web\": tcp_keepalive: only allowed on a service with a tcp \
                  port (ports[].protocol = \"tcp\")",
+            ),
+            (
+                "[defaults]\nqueue_timeout = \"0s\"\n".into(),
+                "vipd.toml: defaults.queue_timeout: must be greater than 0",
+            ),
+            (
+                service("proxy_protocol_timeout = \"0s\"\n"),
+                "vipd.toml: service \"web\": proxy_protocol_timeout: must be greater than 0",
+            ),
+            (
+                "[runtime]\nmax_connections = 0\n".into(),
+                "vipd.toml: runtime.max_connections: must be at least 1 (leave it out for no limit)",
+            ),
+            (
+                service("max_connections = 0\n"),
+                "vipd.toml: service \"web\": max_connections: must be at least 1 (leave it out for no limit)",
+            ),
+            (
+                service("max_connections_per_endpoint = 0\n"),
+                "vipd.toml: service \"web\": max_connections_per_endpoint: must be at least 1 (leave it out for no limit)",
+            ),
+            (
+                service("").replace(
+                    "endpoints = [\"10.0.0.1\"]",
+                    "endpoints = [{ address = \"10.0.0.1\", max_connections = 0 }]",
+                ),
+                "vipd.toml: service \"web\": endpoints[0].max_connections: must be at least 1 (leave it out for no limit)",
+            ),
+            (
+                service("max_connections = 10\n").replace(
+                    "target_port = 9000 }",
+                    "target_port = 9000, protocol = \"udp\" }",
+                ),
+                "vipd.toml: service \"web\": max_connections: only allowed on a service with a tcp port (UDP flows have no connections to limit or half-close)",
+            ),
+            (
+                service("")
+                    .replace(
+                        "target_port = 9000 }",
+                        "target_port = 9000, protocol = \"udp\" }",
+                    )
+                    .replace(
+                        "endpoints = [\"10.0.0.1\"]",
+                        "endpoints = [{ address = \"10.0.0.1\", max_connections = 3 }]",
+                    ),
+                "vipd.toml: service \"web\": endpoints[0].max_connections: only allowed on a service with a tcp port",
             ),
         ];
         assert_each_reports(cases);

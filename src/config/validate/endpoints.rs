@@ -76,6 +76,11 @@ impl Validator {
                     backup: entry.backup.unwrap_or(false),
                     name: entry.name.clone(),
                     check: entry.check.unwrap_or(true),
+                    max_connections: self.optional_limit(
+                        scope,
+                        &format!("endpoints[{i}].max_connections"),
+                        entry.max_connections,
+                    ),
                     ..spec
                 },
                 Err(message) => {

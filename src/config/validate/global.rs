@@ -26,6 +26,11 @@ impl Validator {
         }
         Runtime {
             workers: raw.workers.and_then(std::num::NonZeroUsize::new),
+            max_connections: self.optional_limit(
+                &ProblemScope::Global,
+                "runtime.max_connections",
+                raw.max_connections,
+            ),
         }
     }
 

@@ -36,6 +36,7 @@ mod hex;
 mod listen;
 pub(crate) mod names;
 mod placement;
+mod proxy_protocol;
 mod service;
 #[cfg(test)]
 mod test_support;
@@ -124,6 +125,19 @@ impl Validator {
         }
     }
 
+    /// A limit that may be absent (no limit): `value`, reporting a zero.
+    fn optional_limit(
+        &mut self,
+        scope: &ProblemScope,
+        key: &str,
+        value: Option<u32>,
+    ) -> Option<NonZeroU32> {
+        if value == Some(0) {
+            self.push(scope, key, "must be at least 1 (leave it out for no limit)");
+        }
+        value.and_then(NonZeroU32::new)
+    }
+
     /// `value` if set and non-zero, else `fallback` (reporting a zero).
     fn at_least_one(
         &mut self,
@@ -208,13 +222,15 @@ mod tests {
                     port: 80,
                     target_port: 8080,
                     protocol: Protocol::Tcp,
-                    name: Some("http".into())
+                    name: Some("http".into()),
+                    accept_proxy_protocol: false,
                 },
                 ServicePort {
                     port: 443,
                     target_port: 443,
                     protocol: Protocol::Tcp,
-                    name: None
+                    name: None,
+                    accept_proxy_protocol: false,
                 },
             ]
         );
@@ -241,6 +257,8 @@ mod tests {
                     interval: ms(5000),
                     count: 3,
                 }),
+                queue_timeout: ms(5000),
+                proxy_protocol_timeout: ms(3000),
             }
         );
         assert_eq!(

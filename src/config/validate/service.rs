@@ -84,10 +84,10 @@ impl Validator {
             self.listeners(&scope, vip, &ports, &endpoints, listeners);
         }
 
-        // A TCP key on a service without a TCP port would do nothing, like the UDP keys on one
-        // without a UDP port below. It is reported and then left out, so a mistake inside it
-        // does not add a second message; `false` only turns off an inherited setting and is
-        // never wrong.
+        // Keepalive on a service without a TCP port would do nothing, like the other TCP keys
+        // below. It is checked before the connection settings and then left out, so a mistake
+        // inside its table does not add a second message; `false` only turns off an inherited
+        // setting and is never wrong.
         let udp_only = !ports.is_empty() && ports.iter().all(|(_, p)| p.protocol == Protocol::Udp);
         let mut tcp_keepalive = raw.tcp_keepalive.clone();
         if udp_only
@@ -109,6 +109,8 @@ impl Validator {
             max_connect_attempts: raw.max_connect_attempts,
             half_close: raw.half_close,
             tcp_keepalive,
+            queue_timeout: raw.queue_timeout,
+            proxy_protocol_timeout: raw.proxy_protocol_timeout,
         };
         let connection = self.connection(&scope, "", &overrides, defaults);
         let max_udp_flows = self.at_least_one(
@@ -137,6 +139,45 @@ impl Validator {
                 }
             }
         }
+        let max_connections = self.optional_limit(&scope, "max_connections", raw.max_connections);
+        let max_connections_per_endpoint = self.optional_limit(
+            &scope,
+            "max_connections_per_endpoint",
+            raw.max_connections_per_endpoint,
+        );
+        // Limits and queues of TCP connections on a service that has none.
+        if !ports.is_empty() && ports.iter().all(|(_, p)| p.protocol != Protocol::Tcp) {
+            for (key, set) in [
+                ("max_connections", max_connections.is_some()),
+                (
+                    "max_connections_per_endpoint",
+                    max_connections_per_endpoint.is_some(),
+                ),
+                (
+                    "queue_timeout",
+                    raw.queue_timeout.is_some_and(|d| !d.is_zero()),
+                ),
+                ("half_close", raw.half_close.is_some()),
+            ] {
+                if set {
+                    self.push(
+                        &scope,
+                        key,
+                        "only allowed on a service with a tcp port (UDP flows have no connections to limit or half-close)",
+                    );
+                }
+            }
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                if endpoint.1.max_connections.is_some() {
+                    self.push(
+                        &scope,
+                        format!("endpoints[{i}].max_connections"),
+                        "only allowed on a service with a tcp port",
+                    );
+                }
+            }
+        }
+        let (proxy_protocol, proxy_protocol_trusted) = self.proxy_protocol(&scope, raw, &ports);
         let health = self.udp_health(&scope, raw, &ports);
         let outlier = raw.outlier.as_ref().map(|o| self.outlier(&scope, o));
         let (manage_vip, vip_interface) = self.vip_ownership(&scope, raw, vip);
@@ -167,6 +208,10 @@ impl Validator {
             manage_vip,
             vip_interface,
             max_udp_flows,
+            max_connections,
+            max_connections_per_endpoint,
+            proxy_protocol,
+            proxy_protocol_trusted,
         }
     }
 
@@ -299,6 +344,7 @@ impl Validator {
                 target_port: p.target_port.unwrap_or(p.port),
                 protocol,
                 name: p.name.clone(),
+                accept_proxy_protocol: p.accept_proxy_protocol.unwrap_or(false),
             };
             out.push((self.problems.len() == before, port));
         }

@@ -3,6 +3,11 @@
 //! `max_connect_attempts` distinct endpoints in the tier's order from the pick, non-blocking,
 //! each with its connect timeout on the wheel. A failed attempt counts against its endpoint
 //! (`connect_failed`, for outlier detection) and the next one starts at once.
+//!
+//! An endpoint at its `max_connections` is passed over. When every candidate left is, the
+//! connection waits in the service's queue (`proxy::admission`) for up to `queue_timeout`; a
+//! slot freed anywhere grants the head of the queue, whose loop then scans the candidates
+//! again. While connections wait, a newcomer queues behind them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,19 +18,24 @@ use mio::Interest;
 use mio::net::TcpStream;
 use socket2::{Domain, Socket, Type};
 
-use super::conn::{Conn, Connecting, Established, Half, Phase, Ready};
+use super::conn::{Admitted, Conn, Connecting, Established, Half, Phase, Ready};
 use super::keepalive;
 use super::{CLIENT, EventLoop, KEY_LIMIT, Source, Watched, conn_token, upstream_side};
 use crate::balance::affinity_timeout;
 use crate::config::{Protocol, TcpKeepalive};
+use crate::proxy::admission::ConnectionLimit;
+use crate::service::{Endpoint, ServiceState};
 
 impl EventLoop {
-    /// A new client of the port at `source`: pick an endpoint, then start the first attempt.
+    /// A new client of the port at `source`, counted against the limits in `admitted`: pick
+    /// an endpoint, then start the first attempt (or queue, while connections wait for an
+    /// endpoint below its limit).
     pub(super) fn start(
         &mut self,
         source: usize,
         mut client: TcpStream,
         peer: SocketAddr,
+        admitted: Admitted,
         now: u64,
     ) {
         let Some(Source::Tcp(tcp)) = self.sources.get_mut(source) else {
@@ -36,6 +46,7 @@ impl EventLoop {
         let Some(pool) = service.placement_pool(&snapshot, Protocol::Tcp, tcp.port) else {
             service.metrics.connections_failed.increment(1);
             tracing::debug!(service = service.name(), %peer, "no endpoint reachable; closing client connection");
+            release(service, &self.process_limit, admitted);
             return;
         };
         let candidates = pool.tier.candidates().len();
@@ -63,9 +74,12 @@ impl EventLoop {
                 .is_err()
         {
             service.metrics.connections_failed.increment(1);
+            release(service, &self.process_limit, admitted);
             return;
         }
         tcp.connections += 1;
+        // First come, first served: behind connections already waiting for a slot.
+        let behind_waiters = service.queue.has_waiters();
         entry.insert(Conn {
             generation,
             client,
@@ -76,20 +90,30 @@ impl EventLoop {
                 snapshot,
                 client_ip,
                 first,
+                scanned: 0,
                 tried: 0,
                 attempts,
                 attempt: None,
                 started: Instant::now(),
                 deadline_ms: 0,
+                queued: false,
+                waiting: false,
             }),
             source,
             armed_tick: None,
             last_activity_ms: now,
+            admitted,
         });
-        self.next_attempt(key, now);
+        if behind_waiters {
+            self.enqueue(key, now, false);
+        } else {
+            self.next_attempt(key, now);
+        }
     }
 
-    /// Starts the next connect attempt of connection `key`, or gives up on it.
+    /// Starts the next connect attempt of connection `key` (passing over candidates at their
+    /// connection limit), queues it when every candidate left is at its limit, or gives up on
+    /// it.
     pub(super) fn next_attempt(&mut self, key: usize, now: u64) {
         let conn = &mut self.conns[key];
         let generation = conn.generation;
@@ -103,30 +127,41 @@ impl EventLoop {
         // Dropping the socket closes it; the kernel takes it out of the epoll set.
         conn.upstream = None;
         conn.upstream_ready = Ready::default();
-        connecting.attempt = None;
-        while connecting.tried < connecting.attempts {
-            let pool = connecting
-                .snapshot
-                .pool(Protocol::Tcp, port)
-                .expect("the pool was found at the pick");
-            let candidates = pool.tier.candidates();
+        if let Some((attempt, endpoint)) = connecting.attempt.take() {
+            drop(attempt);
+            slot_freed(service, &endpoint);
+        }
+        let pool = connecting
+            .snapshot
+            .pool(Protocol::Tcp, port)
+            .expect("the pool was found at the pick");
+        let candidates = pool.tier.candidates();
+        let mut at_limit = false;
+        while connecting.tried < connecting.attempts && connecting.scanned < candidates.len() {
             let endpoint =
-                &candidates[(connecting.first + connecting.tried) % candidates.len()].endpoint;
+                &candidates[(connecting.first + connecting.scanned) % candidates.len()].endpoint;
+            connecting.scanned += 1;
+            let Some(attempt) = endpoint.try_attempt() else {
+                at_limit = true;
+                continue;
+            };
             connecting.tried += 1;
             let keepalive = connecting.snapshot.config.connection.tcp_keepalive;
             let socket = match new_socket(endpoint.addr(), keepalive.as_ref()) {
                 Ok(socket) => socket,
                 Err(error) => {
+                    drop(attempt);
+                    slot_freed(service, endpoint);
                     tracing::debug!(service = service.name(), %error, "cannot create an upstream socket");
                     break;
                 }
             };
-            let attempt = endpoint.attempt();
             match socket.connect(&endpoint.addr().into()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
                 Err(error) => {
                     drop(attempt);
+                    slot_freed(service, endpoint);
                     service.connect_failed(&connecting.snapshot, endpoint);
                     tracing::debug!(service = service.name(), endpoint = %endpoint.addr(), %error, "connect failed; trying the next endpoint");
                     continue;
@@ -138,8 +173,19 @@ impl EventLoop {
                 conn_token(key, generation, upstream_side(connecting.tried - 1)),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
+                drop(attempt);
+                slot_freed(service, endpoint);
                 tracing::debug!(service = service.name(), %error, "cannot register an upstream socket");
                 break;
+            }
+            if connecting.waiting {
+                // Done waiting: the slot it was granted (or found) is taken.
+                connecting.waiting = false;
+                service.queue.leave(&self.mailbox, key, generation);
+                if candidates.iter().any(|c| c.endpoint.has_room()) {
+                    // More slots than this one may have freed at once (a reload).
+                    service.queue.slot_freed();
+                }
             }
             let settings = &connecting.snapshot.config.connection;
             connecting.deadline_ms = now + settings.connect_timeout.as_millis() as u64;
@@ -149,12 +195,79 @@ impl EventLoop {
             self.arm(key);
             return;
         }
+        if at_limit && connecting.tried < connecting.attempts {
+            // Granted a slot that another connection took first: back to the head.
+            let front = connecting.waiting;
+            self.enqueue(key, now, front);
+            return;
+        }
         service.metrics.connections_failed.increment(1);
         tracing::debug!(
             service = service.name(),
             "no endpoint reachable; closing client connection"
         );
         self.close(key);
+    }
+
+    /// Queues connection `key` until an endpoint has room: at the back, or at the `front` when
+    /// it was granted a slot it did not get. The queue timeout counts from the first time.
+    fn enqueue(&mut self, key: usize, now: u64, front: bool) {
+        let conn = &mut self.conns[key];
+        let generation = conn.generation;
+        let Phase::Connecting(connecting) = &mut conn.phase else {
+            return;
+        };
+        let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) else {
+            unreachable!("a connection's port outlives it");
+        };
+        let queue = &tcp.service.queue;
+        if !connecting.waiting {
+            let timeout = connecting.snapshot.config.connection.queue_timeout;
+            connecting.deadline_ms = now + timeout.as_millis() as u64;
+        }
+        connecting.queued = true;
+        connecting.scanned = 0;
+        if front {
+            queue.push_front(&self.mailbox, key, generation);
+        } else {
+            queue.push(&self.mailbox, key, generation);
+        }
+        connecting.waiting = true;
+        // A slot may have freed between the scan and the push, with nobody queued to get it.
+        let room = connecting
+            .snapshot
+            .pool(Protocol::Tcp, tcp.port)
+            .is_some_and(|pool| pool.tier.candidates().iter().any(|c| c.endpoint.has_room()));
+        if room {
+            queue.slot_freed();
+        }
+        self.arm(key);
+    }
+
+    /// Queued connections granted a slot try again; a slot granted to a connection that is
+    /// gone passes on to the next in its queue.
+    pub(super) fn take_granted(&mut self, now: u64) {
+        let mut granted = std::mem::take(&mut self.granted);
+        self.mailbox.take(&mut granted);
+        for grant in granted.drain(..) {
+            let waiting = self.conns.get_mut(grant.key).and_then(|conn| {
+                if conn.generation != grant.generation {
+                    return None;
+                }
+                match &mut conn.phase {
+                    Phase::Connecting(c) if c.queued => {
+                        c.queued = false;
+                        Some(())
+                    }
+                    _ => None,
+                }
+            });
+            match waiting {
+                Some(()) => self.next_attempt(grant.key, now),
+                None => grant.queue.slot_freed(),
+            }
+        }
+        self.granted = granted;
     }
 
     /// The connect of `key` succeeded: count it and start forwarding.
@@ -224,4 +337,21 @@ fn new_socket(addr: SocketAddr, keepalive: Option<&TcpKeepalive>) -> io::Result<
     socket.set_tcp_nodelay(true)?;
     keepalive::set_on_new(&socket, keepalive)?;
     Ok(socket)
+}
+
+/// A slot of `endpoint` freed: with a limit, the head of its service's queue gets it.
+fn slot_freed(service: &ServiceState, endpoint: &Endpoint) {
+    if endpoint.limit().is_some() {
+        service.queue.slot_freed();
+    }
+}
+
+/// Gives back what a connection was counted against.
+pub(super) fn release(service: &ServiceState, process: &ConnectionLimit, admitted: Admitted) {
+    if admitted.service {
+        service.limit.close();
+    }
+    if admitted.process {
+        process.close();
+    }
 }

@@ -78,6 +78,7 @@ fn connection(poll: &Poll, id: usize, may_splice: bool) -> (Conn, StdStream, Std
         source: 0,
         armed_tick: None,
         last_activity_ms: 0,
+        admitted: Default::default(),
     };
     (conn, client_far, upstream_far)
 }

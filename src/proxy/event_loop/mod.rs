@@ -51,6 +51,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use self::conn::{BufferPool, Conn};
 use self::tcp::TcpPort;
 use self::wheel::Wheel;
+use super::admission::{ConnectionLimit, Grant, Mailbox};
 use super::pipe_pool::PipePool;
 use super::udp::PortLoop;
 use crate::service::ServiceState;
@@ -71,13 +72,19 @@ const FREE_BUFFERS_MAX: usize = 4096;
 /// UDP datagrams (or GRO trains) one port handles per loop turn before the others get theirs.
 const UDP_BUDGET: usize = 8 * super::udp::batch::SLOTS;
 
-/// Every loop's waker in the process, for [`look_at_drains`]; dead ones are dropped as found.
+/// Every loop's waker in the process, for [`wake_all_loops`]; dead ones are dropped as found.
 static LOOPS: Mutex<Vec<Weak<Waker>>> = Mutex::new(Vec::new());
 
 /// Has every loop look at its drain signals now. Called when a drain fires directly; rare (an
 /// endpoint removed, drained, or marked down with `on_marked_down = "close"`), so a lock is
 /// fine here.
 pub fn look_at_drains() {
+    wake_all_loops();
+}
+
+/// Wakes every loop in the process: each looks at its drain signals, and listens again where
+/// it paused on a connection limit. For rare events only (a lock is taken).
+pub fn wake_all_loops() {
     let mut loops = LOOPS.lock().unwrap_or_else(|e| e.into_inner());
     loops.retain(|waker| match waker.upgrade() {
         Some(waker) => waker.wake().is_ok(),
@@ -277,12 +284,18 @@ pub struct EventLoop {
     next_drain_poll_ms: u64,
     /// UDP ports with datagrams left for the next turn.
     udp_busy: Vec<usize>,
+    /// The process's `max_connections`, shared by every loop.
+    process_limit: Arc<ConnectionLimit>,
+    /// Where queued connections of this loop are granted endpoint slots.
+    mailbox: Arc<Mailbox>,
+    /// Scratch for the granted connections of one wake-up.
+    granted: Vec<Grant>,
     epoch: Instant,
 }
 
 impl EventLoop {
-    /// A loop and the handle that feeds it.
-    pub fn new() -> io::Result<(EventLoop, LoopHandle)> {
+    /// A loop and the handle that feeds it; its connections count against `process_limit`.
+    pub fn new(process_limit: Arc<ConnectionLimit>) -> io::Result<(EventLoop, LoopHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         LOOPS
@@ -305,6 +318,9 @@ impl EventLoop {
             watched: Vec::new(),
             next_drain_poll_ms: DRAIN_POLL_MS,
             udp_busy: Vec::new(),
+            process_limit,
+            mailbox: Arc::new(Mailbox::new(Arc::clone(&waker))),
+            granted: Vec::new(),
             epoch: Instant::now(),
         };
         Ok((
@@ -399,6 +415,8 @@ impl EventLoop {
         // Woken by `look_at_drains`, or for a command: wake-ups are rare, and a look costs one
         // check per watched signal, so every wake-up looks at the drains this turn.
         self.next_drain_poll_ms = 0;
+        self.resume_limited(now);
+        self.take_granted(now);
         loop {
             match self.commands.try_recv() {
                 Ok(command) => self.add(command, now),

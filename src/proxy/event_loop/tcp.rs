@@ -7,6 +7,8 @@
 //! a time; level-triggered, the next `epoll_wait` reports the listener again while its queue is
 //! not empty, beside the other sockets' events. While accepting is paused (out of descriptors
 //! or memory) the listener is registered for nothing, so a full queue cannot spin the loop.
+//! The same pause holds a listener while its service or the process is at `max_connections`
+//! (`proxy::admission`): clients wait in the kernel's accept queue until a connection closes.
 
 use std::io;
 use std::sync::Arc;
@@ -21,9 +23,11 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::conn::{Flow, Phase};
+use super::conn::{Admitted, Flow, Phase};
+use super::connect::release;
 use super::keepalive::ListenerKeepalive;
 use super::{CLIENT, EventLoop, Source, TICK_MS, upstream_side};
+use crate::proxy::admission::ConnectionLimit;
 use crate::service::ServiceState;
 
 /// First back-off after an accept error that will not clear by itself at once (e.g. EMFILE).
@@ -50,6 +54,8 @@ pub struct TcpPort {
     pub connections: usize,
     backoff: Duration,
     resume_ms: Option<u64>,
+    /// Paused because a connection limit is reached: listens again when a close wakes the loop.
+    limited: bool,
     /// The listener's token, and whether it is in the epoll set yet.
     token: Token,
     registered: bool,
@@ -85,6 +91,7 @@ impl TcpPort {
             connections: 0,
             backoff: ACCEPT_BACKOFF_MIN,
             resume_ms: None,
+            limited: false,
             token: Token(0),
             registered: false,
         })
@@ -139,11 +146,27 @@ impl EventLoop {
             let Some(Source::Tcp(tcp)) = self.sources.get_mut(source) else {
                 return;
             };
-            if tcp.resume_ms.is_some() {
+            if tcp.resume_ms.is_some() || tcp.limited {
                 return;
             }
             let Some(listener) = &tcp.listener else {
                 return;
+            };
+            let admitted = match admit(&tcp.service.limit, &self.process_limit) {
+                Ok(admitted) => admitted,
+                Err(full) => {
+                    // Stay paused unless a connection closed meanwhile (then the listener,
+                    // level-triggered, is reported again next turn).
+                    if full.pause() {
+                        tcp.limited = true;
+                        if let Err(error) =
+                            tcp.listen_for(self.poll.registry(), EventFlags::empty())
+                        {
+                            tracing::error!(service = tcp.service.name(), %error, "cannot pause the listener");
+                        }
+                    }
+                    return;
+                }
             };
             match listener.accept() {
                 Ok((client, peer)) => {
@@ -152,11 +175,15 @@ impl EventLoop {
                         let _ = client.set_nodelay(true);
                     }
                     tcp.keepalive.accepted(listener, &client, &tcp.service);
-                    self.start(source, client, peer, now);
+                    self.start(source, client, peer, admitted, now);
                     return;
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    release(&tcp.service, &self.process_limit, admitted);
+                    return;
+                }
                 Err(error) => {
+                    release(&tcp.service, &self.process_limit, admitted);
                     tcp.service.metrics.accept_errors.increment(1);
                     if matches!(
                         error.kind(),
@@ -196,6 +223,22 @@ impl EventLoop {
         }
     }
 
+    /// Listens again on listeners paused on a connection limit (woken by a close); one still
+    /// at its limit pauses again at its next report.
+    pub(super) fn resume_limited(&mut self, _now: u64) {
+        for (_, source) in self.sources.iter_mut() {
+            if let Source::Tcp(tcp) = source
+                && tcp.limited
+                && tcp.is_listening()
+            {
+                tcp.limited = false;
+                if let Err(error) = tcp.listen_for(self.poll.registry(), EventFlags::IN) {
+                    tracing::error!(service = tcp.service.name(), %error, "cannot resume the listener");
+                }
+            }
+        }
+    }
+
     /// Readiness of one socket of connection `key`.
     pub(super) fn on_conn_event(
         &mut self,
@@ -216,7 +259,11 @@ impl EventLoop {
         } else {
             match &conn.phase {
                 // A late event of an earlier attempt's socket.
-                Phase::Connecting(c) if upstream_side(c.tried - 1) != side => return,
+                Phase::Connecting(c)
+                    if c.attempt.is_none() || upstream_side(c.tried - 1) != side =>
+                {
+                    return;
+                }
                 _ => &mut conn.upstream_ready,
             }
         };
@@ -239,6 +286,14 @@ impl EventLoop {
     fn drive(&mut self, key: usize, now: u64) {
         let conn = &mut self.conns[key];
         if let Phase::Connecting(connecting) = &mut conn.phase {
+            if connecting.attempt.is_none() {
+                // Queued. A client that resets gives up its place; one that only sent its FIN
+                // may still want the answer, and waits on.
+                if conn.client_ready.failed {
+                    self.close(key);
+                }
+                return;
+            }
             if !conn.upstream_ready.writable {
                 return;
             }
@@ -293,27 +348,45 @@ impl EventLoop {
     /// goes too when it is closed and this was its last connection.
     pub(super) fn close(&mut self, key: usize) {
         let conn = self.conns.remove(key);
-        if let Phase::Established(established) = conn.phase {
-            if established.drain_at_ms.is_none()
-                && let Some(i) = self
-                    .watched
-                    .iter()
-                    .position(|w| Arc::ptr_eq(&w.drain, &established.drain))
-            {
-                self.watched[i].connections -= 1;
-                if self.watched[i].connections == 0 {
-                    self.watched.swap_remove(i);
+        let Some(Source::Tcp(tcp)) = self.sources.get_mut(conn.source) else {
+            unreachable!("a connection's port outlives it");
+        };
+        release(&tcp.service, &self.process_limit, conn.admitted);
+        // Whether the close frees a slot of an endpoint with a connection limit.
+        let frees_limited_slot = match conn.phase {
+            Phase::Connecting(connecting) => {
+                if connecting.waiting {
+                    tcp.service.queue.leave(&self.mailbox, key, conn.generation);
                 }
+                connecting
+                    .attempt
+                    .is_some_and(|(_, endpoint)| endpoint.limit().is_some())
             }
-            if let Some(pair) = established.buffers {
-                self.buffers.give(pair);
+            Phase::Established(established) => {
+                if established.drain_at_ms.is_none()
+                    && let Some(i) = self
+                        .watched
+                        .iter()
+                        .position(|w| Arc::ptr_eq(&w.drain, &established.drain))
+                {
+                    self.watched[i].connections -= 1;
+                    if self.watched[i].connections == 0 {
+                        self.watched.swap_remove(i);
+                    }
+                }
+                if let Some(pair) = established.buffers {
+                    self.buffers.give(pair);
+                }
+                // The arm drops `active`, freeing the slot, before the queue hears of it.
+                established.active.endpoint().limit().is_some()
             }
+        };
+        if frees_limited_slot {
+            tcp.service.queue.slot_freed();
         }
-        if let Some(Source::Tcp(tcp)) = self.sources.get_mut(conn.source) {
-            tcp.connections -= 1;
-            if tcp.connections == 0 && !tcp.is_listening() {
-                self.sources.remove(conn.source);
-            }
+        tcp.connections -= 1;
+        if tcp.connections == 0 && !tcp.is_listening() {
+            self.sources.remove(conn.source);
         }
     }
 
@@ -377,6 +450,15 @@ impl EventLoop {
                 unreachable!("a connection's port outlives it");
             };
             match &conn.phase {
+                Phase::Connecting(connecting) if connecting.attempt.is_none() => {
+                    tracing::debug!(
+                        service = tcp.service.name(),
+                        "no endpoint below its connection limit within queue_timeout; closing"
+                    );
+                    tcp.service.queue.timeouts.increment(1);
+                    tcp.service.metrics.connections_failed.increment(1);
+                    self.close(key);
+                }
                 Phase::Connecting(connecting) => {
                     let (_, endpoint) = connecting.attempt.as_ref().expect("attempt in flight");
                     tcp.service.connect_failed(&connecting.snapshot, endpoint);
@@ -395,5 +477,26 @@ impl EventLoop {
             }
         }
         self.fired = fired;
+    }
+}
+
+/// Counts a new connection against its service's limit and the process's; on `Err`, the
+/// limit that is reached (nothing is counted then).
+fn admit<'a>(
+    service: &'a ConnectionLimit,
+    process: &'a ConnectionLimit,
+) -> Result<Admitted, &'a ConnectionLimit> {
+    let service_counted = service.try_open().ok_or(service)?;
+    match process.try_open() {
+        Some(process_counted) => Ok(Admitted {
+            service: service_counted,
+            process: process_counted,
+        }),
+        None => {
+            if service_counted {
+                service.close();
+            }
+            Err(process)
+        }
     }
 }

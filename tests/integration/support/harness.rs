@@ -26,6 +26,7 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> Service {
             target_port: 0,
             protocol: Protocol::Tcp,
             name: None,
+            accept_proxy_protocol: false,
         }],
         endpoints: endpoints
             .iter()
@@ -46,6 +47,10 @@ pub fn service(name: &str, endpoints: &[SocketAddr]) -> Service {
         manage_vip: false,
         vip_interface: "lo".to_owned(),
         max_udp_flows: Service::DEFAULT_MAX_UDP_FLOWS,
+        max_connections: None,
+        max_connections_per_endpoint: None,
+        proxy_protocol: None,
+        proxy_protocol_trusted: Vec::new(),
     }
 }
 
@@ -67,7 +72,10 @@ pub fn with_health(mut service: Service, check: HealthCheck, period: Duration) -
 /// A config of `services`, with an admin server on 127.0.0.1:0 when `admin`.
 pub fn config(services: Vec<Service>, admin: bool) -> Config {
     Config {
-        runtime: Runtime { workers: None },
+        runtime: Runtime {
+            workers: None,
+            max_connections: None,
+        },
         admin: admin.then(|| Admin {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: None,
