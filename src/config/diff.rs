@@ -265,6 +265,24 @@ endpoints = ["127.0.0.4"]
                 },
             },
             Case {
+                // New connections pick it up from the published settings: no listener changes.
+                what: "keepalive set for every service",
+                new: format!(
+                    "[defaults]\ntcp_keepalive = {{ idle = \"60s\", interval = \"10s\", count = 6 }}\n{BASE}"
+                ),
+                expect: Changes {
+                    changed: vec![
+                        web_changed(&[], &[]),
+                        ServiceChange {
+                            name: "db".to_owned(),
+                            listen_added: vec![],
+                            listen_removed: vec![],
+                        },
+                    ],
+                    ..Changes::default()
+                },
+            },
+            Case {
                 what: "service removed and another added",
                 new: BASE.replace(r#"name = "db""#, r#"name = "cache""#),
                 expect: Changes {

@@ -561,6 +561,30 @@ pub struct ConnectionSettings {
     /// How long a connection on an `accept_proxy_protocol` port may take to send its PROXY
     /// header before it is closed.
     pub proxy_protocol_timeout: Duration,
+    /// TCP keepalive on the client's and the endpoint's socket of each connection; `None` =
+    /// off (the kernel's default).
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// `tcp_keepalive`: the kernel probes a connection idle for `idle`, every `interval`, and drops
+/// it after `count` probes go unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe (`TCP_KEEPIDLE`); whole seconds, 1 to [`Self::MAX_SECS`].
+    pub idle: Duration,
+    /// Time between probes (`TCP_KEEPINTVL`); whole seconds, 1 to [`Self::MAX_SECS`].
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`); 1 to
+    /// [`Self::MAX_COUNT`].
+    pub count: u32,
+}
+
+impl TcpKeepalive {
+    /// The largest `idle` and `interval` in seconds: Linux's limit of `TCP_KEEPIDLE` and
+    /// `TCP_KEEPINTVL`.
+    pub const MAX_SECS: u64 = 32_767;
+    /// The largest `count`: Linux's limit of `TCP_KEEPCNT`.
+    pub const MAX_COUNT: u32 = 127;
 }
 
 impl Default for ConnectionSettings {
@@ -572,6 +596,7 @@ impl Default for ConnectionSettings {
             drain_timeout: Duration::from_secs(30),
             max_connect_attempts: NonZeroU32::new(3).expect("non-zero"),
             half_close: true,
+            tcp_keepalive: None,
             queue_timeout: Duration::from_secs(5),
             proxy_protocol_timeout: Duration::from_secs(3),
         }

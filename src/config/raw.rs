@@ -89,6 +89,8 @@ pub struct RawConnection {
     pub max_connect_attempts: Option<u32>,
     /// Keep the other direction open when one ends.
     pub half_close: Option<bool>,
+    /// TCP keepalive of both sockets of a connection.
+    pub tcp_keepalive: Option<RawKeepalive>,
     /// How long a connection waits for an endpoint below its limit.
     #[serde(default, deserialize_with = "duration")]
     pub queue_timeout: Option<Duration>,
@@ -141,6 +143,8 @@ pub struct RawService {
     pub max_connect_attempts: Option<u32>,
     /// Overrides `[defaults].half_close`.
     pub half_close: Option<bool>,
+    /// Replaces `[defaults].tcp_keepalive` (the whole table; `false` turns it off).
+    pub tcp_keepalive: Option<RawKeepalive>,
     /// Overrides `[defaults].queue_timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub queue_timeout: Option<Duration>,
@@ -361,6 +365,56 @@ impl<'de> Deserialize<'de> for RawEndpoint {
     }
 }
 
+/// `tcp_keepalive`: `{ idle = "60s", interval = "10s", count = 6 }`, or `false` (off). `true`
+/// parses, so validation can name the key and say to give the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawKeepalive {
+    /// The table.
+    Table(RawKeepaliveTable),
+    /// `true` or `false`.
+    Bool(bool),
+}
+
+/// The table form of `tcp_keepalive`; every field is required.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepaliveTable {
+    /// Idle time before the first probe (`TCP_KEEPIDLE`).
+    #[serde(deserialize_with = "required_duration")]
+    pub idle: Duration,
+    /// Time between probes (`TCP_KEEPINTVL`).
+    #[serde(deserialize_with = "required_duration")]
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`).
+    pub count: u32,
+}
+
+impl<'de> Deserialize<'de> for RawKeepalive {
+    /// A table or a boolean, written out for the same reason as [`RawEndpoint`]'s.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawKeepalive;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a table such as { idle = \"60s\", interval = \"10s\", count = 6 }, or false",
+                )
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawKeepalive, E> {
+                Ok(RawKeepalive::Bool(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawKeepalive, A::Error> {
+                RawKeepaliveTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawKeepalive::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// `[service.health]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -450,6 +504,14 @@ fn duration<'de, D>(d: D) -> Result<Option<Duration>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
+    required_duration(d).map(Some)
+}
+
+/// Deserializes a humantime duration, for a field that must be given.
+fn required_duration<'de, D>(d: D) -> Result<Duration, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
     struct Visitor;
     impl serde::de::Visitor<'_> for Visitor {
         type Value = Duration;
@@ -461,7 +523,7 @@ where
                 .map_err(|e| E::custom(format!("invalid duration \"{v}\": {e}")))
         }
     }
-    d.deserialize_str(Visitor).map(Some)
+    d.deserialize_str(Visitor)
 }
 
 /// Parses TOML text into the raw structs; `path` only names the file in errors.
@@ -642,6 +704,30 @@ mod tests {
                 6,
                 20,
                 "unknown variant `ClientIP`, expected `none` or `client_ip`",
+            ),
+            (
+                "[defaults]\ntcp_keepalive = { idle = \"60s\", interval = \"10s\" }\n",
+                2,
+                17,
+                "missing field `count`",
+            ),
+            (
+                "[defaults]\ntcp_keepalive = { idle = \"60s\", interval = \"10s\", count = 6, probes = 3 }\n",
+                2,
+                62,
+                "unknown field `probes`, expected one of `idle`, `interval`, `count`",
+            ),
+            (
+                "[defaults]\ntcp_keepalive = { idle = 60, interval = \"10s\", count = 6 }\n",
+                2,
+                26,
+                "expected a duration string",
+            ),
+            (
+                "[defaults]\ntcp_keepalive = \"60s\"\n",
+                2,
+                17,
+                "expected a table such as { idle = \"60s\", interval = \"10s\", count = 6 }, or false",
             ),
         ];
         for (text, line, column, want) in cases {

@@ -8,7 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 /// Pending-connection queue length; the kernel caps it at `net.core.somaxconn`.
-const BACKLOG: i32 = 4096;
+pub(crate) const BACKLOG: i32 = 4096;
 
 /// Binds a TCP listener on `addr` (port 0 = an ephemeral port).
 ///

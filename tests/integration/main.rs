@@ -12,6 +12,7 @@ mod discovery;
 mod dns;
 mod failover;
 mod health;
+mod keepalive;
 mod limits;
 mod prometheus;
 mod proxy;

@@ -166,6 +166,7 @@ mod tests {
     use super::test_support::{load, ms, nz, problems, service};
     use crate::config::{
         Balance, ConnectionSettings, EndpointSpec, Health, HealthCheck, Protocol, ServicePort,
+        TcpKeepalive,
     };
 
     #[test]
@@ -181,6 +182,7 @@ mod tests {
             idle_timeout = "10m"
             max_connect_attempts = 5
             half_close = false
+            tcp_keepalive = { idle = "60s", interval = "10s", count = 6 }
 
             [[service]]
             name = "web"
@@ -190,6 +192,7 @@ mod tests {
             balance = "round_robin"
             idle_timeout = "1m"
             half_close = true
+            tcp_keepalive = { idle = "2m", interval = "5s", count = 3 }
             [service.health]
             check = "http"
             path = "/healthz"
@@ -249,6 +252,11 @@ mod tests {
                 drain_timeout: ms(30_000),
                 max_connect_attempts: nz(5),
                 half_close: true,
+                tcp_keepalive: Some(TcpKeepalive {
+                    idle: ms(120_000),
+                    interval: ms(5000),
+                    count: 3,
+                }),
                 queue_timeout: ms(5000),
                 proxy_protocol_timeout: ms(3000),
             }
@@ -271,6 +279,14 @@ mod tests {
         assert!(
             !db.connection.half_close,
             "[defaults] over the built-in default"
+        );
+        assert_eq!(
+            db.connection.tcp_keepalive,
+            Some(TcpKeepalive {
+                idle: ms(60_000),
+                interval: ms(10_000),
+                count: 6,
+            })
         );
         assert_eq!(db.health, Health::default());
         assert_eq!(

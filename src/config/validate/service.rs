@@ -13,7 +13,7 @@ use super::listen::{Listener, is_self_loop};
 use super::names::{check_dns_label, check_interface_name};
 use super::placement::PlacementKeys;
 use crate::config::raw::{
-    RawConnection, RawOnMarkedDown, RawOutlier, RawPort, RawProtocol, RawService,
+    RawConnection, RawKeepalive, RawOnMarkedDown, RawOutlier, RawPort, RawProtocol, RawService,
 };
 use crate::config::{
     ConnectionSettings, EndpointSpec, Health, HealthCheck, OnMarkedDown, Outlier, ProblemScope,
@@ -84,6 +84,23 @@ impl Validator {
             self.listeners(&scope, vip, &ports, &endpoints, listeners);
         }
 
+        // Keepalive on a service without a TCP port would do nothing, like the other TCP keys
+        // below. It is checked before the connection settings and then left out, so a mistake
+        // inside its table does not add a second message; `false` only turns off an inherited
+        // setting and is never wrong.
+        let udp_only = !ports.is_empty() && ports.iter().all(|(_, p)| p.protocol == Protocol::Udp);
+        let mut tcp_keepalive = raw.tcp_keepalive.clone();
+        if udp_only
+            && tcp_keepalive
+                .take_if(|k| *k != RawKeepalive::Bool(false))
+                .is_some()
+        {
+            self.push(
+                &scope,
+                "tcp_keepalive",
+                "only allowed on a service with a tcp port (ports[].protocol = \"tcp\")",
+            );
+        }
         let overrides = RawConnection {
             connect_timeout: raw.connect_timeout,
             idle_timeout: raw.idle_timeout,
@@ -91,6 +108,7 @@ impl Validator {
             drain_timeout: raw.drain_timeout,
             max_connect_attempts: raw.max_connect_attempts,
             half_close: raw.half_close,
+            tcp_keepalive,
             queue_timeout: raw.queue_timeout,
             proxy_protocol_timeout: raw.proxy_protocol_timeout,
         };

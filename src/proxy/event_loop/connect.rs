@@ -19,9 +19,10 @@ use mio::net::TcpStream;
 use socket2::{Domain, Socket, Type};
 
 use super::conn::{Admitted, Conn, Connecting, Established, Half, Phase, Ready};
+use super::keepalive;
 use super::{CLIENT, EventLoop, KEY_LIMIT, Source, Watched, conn_token, upstream_side};
 use crate::balance::affinity_timeout;
-use crate::config::Protocol;
+use crate::config::{Protocol, TcpKeepalive};
 use crate::proxy::admission::ConnectionLimit;
 use crate::service::{Endpoint, ServiceState};
 
@@ -145,7 +146,8 @@ impl EventLoop {
                 continue;
             };
             connecting.tried += 1;
-            let socket = match new_socket(endpoint.addr()) {
+            let keepalive = connecting.snapshot.config.connection.tcp_keepalive;
+            let socket = match new_socket(endpoint.addr(), keepalive.as_ref()) {
                 Ok(socket) => socket,
                 Err(error) => {
                     drop(attempt);
@@ -325,14 +327,15 @@ impl EventLoop {
 }
 
 /// A non-blocking socket for a connect to `addr`, with the options every upstream connection
-/// gets.
-fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+/// gets, and the service's keepalive.
+fn new_socket(addr: SocketAddr, keepalive: Option<&TcpKeepalive>) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         None,
     )?;
     socket.set_tcp_nodelay(true)?;
+    keepalive::set_on_new(&socket, keepalive)?;
     Ok(socket)
 }
 

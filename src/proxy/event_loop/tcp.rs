@@ -25,6 +25,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::conn::{Admitted, Flow, Phase};
 use super::connect::release;
+use super::keepalive::ListenerKeepalive;
 use super::{CLIENT, EventLoop, Source, TICK_MS, upstream_side};
 use crate::proxy::admission::ConnectionLimit;
 use crate::service::ServiceState;
@@ -39,6 +40,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct TcpPort {
     listener: Option<TcpListener>,
     nodelay_inherited: bool,
+    /// What the listener passes on to accepted sockets as far as keepalive goes.
+    keepalive: ListenerKeepalive,
     pub service: Arc<ServiceState>,
     /// The service port as configured.
     pub port: u16,
@@ -79,6 +82,7 @@ impl TcpPort {
         Ok(TcpPort {
             listener: Some(TcpListener::from_std(listener)),
             nodelay_inherited,
+            keepalive: ListenerKeepalive::default(),
             service,
             port,
             stop,
@@ -170,6 +174,7 @@ impl EventLoop {
                     if !tcp.nodelay_inherited {
                         let _ = client.set_nodelay(true);
                     }
+                    tcp.keepalive.accepted(listener, &client, &tcp.service);
                     self.start(source, client, peer, admitted, now);
                     return;
                 }
