@@ -10,8 +10,8 @@
 //! error naming the cause. Nothing here reads a socket or allocates, so the data plane can call
 //! it on every readable event with whatever its buffer holds.
 //!
-//! - [`v1`]: the text line, `PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n`.
-//! - [`v2`]: the binary header, its TLVs and their CRC32c.
+//! - `v1`: the text line, `PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n`.
+//! - `v2`: the binary header, its TLVs and their CRC32c.
 //!
 //! Where the spec leaves a choice, these are vipd's:
 //! - Refuse at once. A byte that no header can contain is an error as soon as it arrives, even

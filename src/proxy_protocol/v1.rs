@@ -304,7 +304,7 @@ impl Token for V4 {
 /// groups (what `inet_ntop`, and so HAProxy, writes for `::ffff:a.b.c.d`). This is exactly what
 /// std's `Ipv6Addr` parser accepts; the state machine below only decides whether the text so
 /// far can still become such an address.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct V6 {
     /// Groups closed by a colon, before and after the `::`.
     groups: u8,
@@ -1065,6 +1065,106 @@ mod tests {
                 assert!(token.push(b), "{text:?} refused at byte {i}");
             }
             assert_eq!(token.finish(text.as_bytes()), Some(want), "{text:?}");
+        }
+    }
+
+    /// A text that completes what `token` has taken so far into a whole address, built from
+    /// its state alone.
+    fn completion(token: &V6) -> String {
+        if let Some(tail) = &token.tail {
+            let mut rest = String::new();
+            if tail.digits == 0 {
+                rest.push('0');
+            }
+            for _ in tail.done..3 {
+                rest.push_str(".0");
+            }
+            return rest;
+        }
+        let mut rest = String::new();
+        let mut groups = token.groups;
+        match (token.digits, token.colons) {
+            // Nothing yet, or a leading colon: make it `::`.
+            (0, 0) if groups == 0 && !token.double => return "::".into(),
+            (0, 1) if groups == 0 => return ":".into(),
+            // After `::`: whole already.
+            (0, 2) => return rest,
+            // After a group's colon: another group.
+            (0, _) => rest.push('0'),
+            _ => {}
+        }
+        groups += 1;
+        if !token.double {
+            for _ in groups..8 {
+                rest.push_str(":0");
+            }
+        }
+        rest
+    }
+
+    /// The other half of exactness: whatever the state machine lets through can still
+    /// become an address (so "more, please" is never said to a line that cannot be valid).
+    #[test]
+    fn ipv6_prefixes_it_accepts_can_be_completed() {
+        let alphabet = b"0a:.1";
+        let mut stack = vec![String::new()];
+        let mut checked = 0;
+        while let Some(s) = stack.pop() {
+            let mut token = V6::default();
+            if !s.bytes().all(|b| token.push(b)) {
+                continue;
+            }
+            let whole = format!("{s}{}", completion(&token));
+            assert!(
+                whole.parse::<Ipv6Addr>().is_ok(),
+                "{s:?} accepted, {whole:?} is not an address"
+            );
+            checked += 1;
+            if s.len() < 9 {
+                for &b in alphabet {
+                    stack.push(format!("{s}{}", b as char));
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+        // And longer ones, from the valid texts' prefixes with one byte changed.
+        fastrand::seed(3);
+        for _ in 0..20_000 {
+            let ip = Ipv6Addr::from(fastrand::u128(..) & 0xffff_0000_ffff_ffff_0000_ffff_0000_ffff);
+            let o = ip.octets();
+            let mut text = if fastrand::bool() {
+                ip.to_string().into_bytes()
+            } else {
+                format!(
+                    "::{:x}:{}.{}.{}.{}",
+                    fastrand::u16(..),
+                    o[12],
+                    o[13],
+                    o[14],
+                    o[15]
+                )
+                .into_bytes()
+            };
+            let at = fastrand::usize(..text.len());
+            text[at] = alphabet[fastrand::usize(..alphabet.len())];
+            // The state before the first refused byte (a refused push may leave it changed;
+            // the parser stops there).
+            let mut token = V6::default();
+            let mut taken = 0;
+            while taken < text.len() {
+                let mut next = token;
+                if !next.push(text[taken]) {
+                    break;
+                }
+                token = next;
+                taken += 1;
+            }
+            let s = std::str::from_utf8(&text[..taken]).unwrap();
+            let whole = format!("{s}{}", completion(&token));
+            assert!(
+                whole.parse::<Ipv6Addr>().is_ok(),
+                "{s:?} accepted, {whole:?} is not an address"
+            );
         }
     }
 
