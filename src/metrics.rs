@@ -51,6 +51,8 @@ pub const CONNECTION_LIMIT_REACHED_TOTAL: &str = "vipd_connection_limit_reached_
 pub const QUEUED_CONNECTIONS: &str = "vipd_queued_connections";
 /// `vipd_queue_timeouts_total{service}`: queued client connections closed after `queue_timeout`.
 pub const QUEUE_TIMEOUTS_TOTAL: &str = "vipd_queue_timeouts_total";
+/// `vipd_proxy_protocol_errors_total{service,reason}`: connections and datagrams refused for their PROXY header.
+pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "vipd_proxy_protocol_errors_total";
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -112,6 +114,11 @@ fn describe() {
         CONNECTION_LIMIT_REACHED_TOTAL,
         Unit::Count,
         "Times a max_connections limit stopped accepting (service=\"\": the process's limit)."
+    );
+    describe_counter!(
+        PROXY_PROTOCOL_ERRORS_TOTAL,
+        Unit::Count,
+        "Connections and datagrams refused for their PROXY header, by reason."
     );
     describe_gauge!(
         QUEUED_CONNECTIONS,

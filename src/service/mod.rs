@@ -105,6 +105,20 @@ pub(crate) enum Command {
     ConnectFailures(SocketAddr),
 }
 
+/// The `reason`s of `vipd_proxy_protocol_errors_total`: a peer outside
+/// `proxy_protocol_trusted`, no whole header within `proxy_protocol_timeout`, the peer closed
+/// before it was whole, and the parse's own (`crate::proxy_protocol::ParseError::reason`).
+pub const PROXY_PROTOCOL_ERRORS: [&str; 8] = [
+    "untrusted",
+    "timeout",
+    "incomplete",
+    "not_proxy_protocol",
+    "malformed",
+    "unsupported",
+    "checksum",
+    "too_long",
+];
+
 /// Per-service metric handles, created once.
 #[derive(Debug)]
 pub struct ServiceMetrics {
@@ -120,6 +134,9 @@ pub struct ServiceMetrics {
     pub endpoints: [Gauge; 4],
     /// The UDP series, registered when a UDP port of the service starts serving.
     udp: OnceLock<UdpServiceMetrics>,
+    /// `vipd_proxy_protocol_errors_total{service,reason}` by [`PROXY_PROTOCOL_ERRORS`],
+    /// registered at the first refused header.
+    proxy_protocol_errors: OnceLock<[Counter; PROXY_PROTOCOL_ERRORS.len()]>,
     /// The `service` label, kept for the UDP series.
     service: String,
 }
@@ -194,8 +211,30 @@ impl ServiceMetrics {
                 by_state("ejected"),
             ],
             udp: OnceLock::new(),
+            proxy_protocol_errors: OnceLock::new(),
             service: service.to_owned(),
         }
+    }
+
+    /// Counts a connection (or datagram) refused for its PROXY header, by `reason` (one of
+    /// [`PROXY_PROTOCOL_ERRORS`]).
+    pub fn proxy_protocol_error(&self, reason: &str) {
+        let counters = self.proxy_protocol_errors.get_or_init(|| {
+            PROXY_PROTOCOL_ERRORS.map(|reason| {
+                metrics::counter!(
+                    names::PROXY_PROTOCOL_ERRORS_TOTAL,
+                    &[
+                        ("service", self.service.clone()),
+                        ("reason", reason.to_owned())
+                    ]
+                )
+            })
+        });
+        let index = PROXY_PROTOCOL_ERRORS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_else(|| unreachable!("unknown PROXY protocol error reason {reason}"));
+        counters[index].increment(1);
     }
 
     /// The UDP handles, registered on first use.

@@ -291,10 +291,13 @@ impl Owner {
         }
         let addr = endpoint.addr();
         let target = probe_target(addr, &self.config.health);
+        // The endpoint's own port expects the service's PROXY header; a separate health port
+        // is another server, which does not.
+        let proxy_header = self.config.proxy_protocol.filter(|_| target == addr);
         Some(self.probes.spawn(probe_loop(
             self.service.name().to_owned(),
             addr,
-            target,
+            (target, proxy_header),
             self.config.health.clone(),
             self.reports_tx.clone(),
         )))
@@ -468,7 +471,7 @@ impl Owner {
             self.source.stop();
             self.source = Source::start(&self.service, &config);
         }
-        if old.health != config.health {
+        if old.health != config.health || old.proxy_protocol != config.proxy_protocol {
             let mut members = std::mem::take(&mut self.members);
             for member in &mut members {
                 self.restart_probe(member);
@@ -791,7 +794,7 @@ fn probe_target(endpoint: SocketAddr, health: &Health) -> SocketAddr {
 async fn probe_loop(
     service: String,
     addr: SocketAddr,
-    target: SocketAddr,
+    (target, proxy_header): (SocketAddr, Option<config::ProxyProtocolVersion>),
     health: Health,
     reports: mpsc::Sender<ProbeReport>,
 ) {
@@ -806,6 +809,7 @@ async fn probe_loop(
             service: &service,
             endpoint: addr,
             target,
+            proxy_header,
         };
         let result = probe(&health.check, target, health.timeout).await;
         if reports.send((addr, result)).await.is_err() {
@@ -828,7 +832,13 @@ mod tests {
     async fn report_times(health: Health, target: SocketAddr, n: usize) -> Vec<Duration> {
         let (tx, mut rx) = mpsc::channel(1);
         let start = Instant::now();
-        let task = tokio::spawn(probe_loop("web".to_owned(), target, target, health, tx));
+        let task = tokio::spawn(probe_loop(
+            "web".to_owned(),
+            target,
+            (target, None),
+            health,
+            tx,
+        ));
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let _report = rx.recv().await.expect("a report");

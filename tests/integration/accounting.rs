@@ -36,7 +36,7 @@ const RESET_ENDINGS: usize = 46_000;
 const FAST_CLIENTS: usize = 100;
 /// Connections left quiet until vipd's idle timeout closes them, and how many wait at once.
 const IDLE_ENDINGS: usize = 4_000;
-const IDLE_CLIENTS: usize = 250;
+const IDLE_CLIENTS: usize = 500;
 /// Rounds of connections held on an endpoint until a reload removes it and its drain deadline
 /// closes them, and connections per round.
 const DRAIN_ROUNDS: usize = 8;
@@ -61,7 +61,7 @@ const IDLE_SERVICE: &str = "acct-idle";
 const DRAINED_SERVICE: &str = "acct-drain";
 /// Short, yet long enough that a client of the busy test process still gets its one message to
 /// vipd before vipd's idle clock, started at the connect, runs out.
-const IDLE_TIMEOUT: Duration = Duration::from_millis(300);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
 /// The loop's clock counts whole milliseconds: a deadline may come this much early.
 const CLOCK_SLACK: Duration = Duration::from_millis(2);

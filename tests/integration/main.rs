@@ -16,6 +16,7 @@ mod keepalive;
 mod limits;
 mod prometheus;
 mod proxy;
+mod proxy_protocol;
 mod reload;
 mod shutdown;
 mod stateful;

@@ -253,6 +253,7 @@ mod tests {
             service: "db",
             endpoint: "[2001:db8::5]:5432".parse().unwrap(),
             target: "[2001:db8::5]:8008".parse().unwrap(),
+            proxy_header: None,
         }
     }
 

@@ -9,12 +9,14 @@ use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::expect::{End, Matcher};
-use super::{Deadline, ProbeError};
-use crate::config::{HttpCheck, HttpMethod};
+use super::{Deadline, ProbeError, ProbeTarget, local_header};
+use crate::config::{HttpCheck, HttpMethod, ProxyProtocolVersion};
+use crate::proxy_protocol::Transport;
 
 /// The `User-Agent` of HTTP probes, so endpoints can tell probes from traffic in their logs.
 pub const USER_AGENT_VALUE: &str = "vipd-health";
@@ -25,13 +27,15 @@ type Connection = AbortOnDropHandle<Result<(), hyper::Error>>;
 /// Probes `target` as `check` says, all within `deadline`.
 pub(super) async fn probe(
     check: &HttpCheck,
-    target: SocketAddr,
+    target: ProbeTarget<'_>,
     deadline: Deadline,
 ) -> Result<(), ProbeError> {
     // Built before connecting so a bad request fails without touching the endpoint.
-    let request = request(check, target)?;
+    let request = request(check, target.target)?;
     // Held until the body is read: it does the connection's I/O.
-    let (response, _connection) = deadline.run(exchange(request, target)).await?;
+    let (response, _connection) = deadline
+        .run(exchange(request, target.target, target.proxy_header))
+        .await?;
     let status = response.status().as_u16();
     if !check.status_ok(status) {
         return Err(ProbeError::Status(status));
@@ -82,12 +86,17 @@ fn request(check: &HttpCheck, target: SocketAddr) -> Result<Request<Empty<Bytes>
 async fn exchange(
     request: Request<Empty<Bytes>>,
     target: SocketAddr,
+    proxy_header: Option<ProxyProtocolVersion>,
 ) -> Result<(Response<Incoming>, Connection), ProbeError> {
-    let stream = TcpStream::connect(target)
+    let mut stream = TcpStream::connect(target)
         .await
         .map_err(ProbeError::Connect)?;
     // The request is a single small write; don't let Nagle delay it.
     let _ = stream.set_nodelay(true);
+    if let Some(version) = proxy_header {
+        let header = local_header(version, Transport::Stream);
+        stream.write_all(&header).await.map_err(ProbeError::Send)?;
+    }
 
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

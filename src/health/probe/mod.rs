@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, ProxyProtocolVersion};
+use crate::proxy_protocol::{MAX_ENCODED, Transport};
 
 pub use exec::MAX_EXEC_PROBES;
 pub use expect::Unmet;
@@ -97,6 +98,10 @@ pub struct ProbeTarget<'a> {
     pub endpoint: SocketAddr,
     /// Where network probes connect: the endpoint's IP with `health.port`, or `endpoint`.
     pub target: SocketAddr,
+    /// The PROXY header the service sends its endpoints, which a probe of the endpoint's own
+    /// port sends first too (one that names no client: v1 `UNKNOWN`, v2 `LOCAL`), so an
+    /// endpoint that insists on it answers its probes.
+    pub proxy_header: Option<ProxyProtocolVersion>,
 }
 
 impl<'a> ProbeTarget<'a> {
@@ -106,6 +111,7 @@ impl<'a> ProbeTarget<'a> {
             service,
             endpoint,
             target: endpoint,
+            proxy_header: None,
         }
     }
 }
@@ -124,12 +130,23 @@ pub async fn probe(
     let deadline = Deadline::after(timeout);
     match check {
         HealthCheck::None => Ok(()),
-        HealthCheck::Tcp(check) => tcp::probe(check, target.target, deadline).await,
-        HealthCheck::Udp(check) => udp::probe(check, target.target, deadline).await,
-        HealthCheck::Http(check) => http::probe(check, target.target, deadline).await,
+        HealthCheck::Tcp(check) => tcp::probe(check, target, deadline).await,
+        HealthCheck::Udp(check) => udp::probe(check, target, deadline).await,
+        HealthCheck::Http(check) => http::probe(check, target, deadline).await,
         // Its deadline starts once it may start its command.
         HealthCheck::Exec(check) => exec::probe(check, target, timeout).await,
     }
+}
+
+/// The header a probe of a service with `proxy_protocol` sends first: it names no client (the
+/// probe is vipd's own), as a load balancer's health check does.
+fn local_header(version: ProxyProtocolVersion, transport: Transport) -> Vec<u8> {
+    let mut header = [0; MAX_ENCODED];
+    let length = match version {
+        ProxyProtocolVersion::V1 => crate::proxy_protocol::encode_v1(None, &mut header),
+        ProxyProtocolVersion::V2 => crate::proxy_protocol::encode_v2(None, transport, &mut header),
+    };
+    header[..length].to_vec()
 }
 
 /// `: "first line"`, or ` (no output)`.

@@ -1,14 +1,13 @@
 //! The tcp probe: connect; then, when configured, write the `send` bytes and read until the
 //! `expect` bytes arrive. Without `expect` a successful connect (and write) is the verdict.
 
-use std::net::SocketAddr;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::expect::{End, Matcher};
-use super::{Deadline, ProbeError};
+use super::{Deadline, ProbeError, ProbeTarget, local_header};
 use crate::config::TcpCheck;
+use crate::proxy_protocol::Transport;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
@@ -16,16 +15,22 @@ const READ_CHUNK: usize = 4096;
 /// Probes `target` as `check` says, all within `deadline`.
 pub(super) async fn probe(
     check: &TcpCheck,
-    target: SocketAddr,
+    target: ProbeTarget<'_>,
     deadline: Deadline,
 ) -> Result<(), ProbeError> {
     let mut stream = deadline
         .run(async {
-            TcpStream::connect(target)
+            TcpStream::connect(target.target)
                 .await
                 .map_err(ProbeError::Connect)
         })
         .await?;
+    if let Some(version) = target.proxy_header {
+        let header = local_header(version, Transport::Stream);
+        deadline
+            .run(async { stream.write_all(&header).await.map_err(ProbeError::Send) })
+            .await?;
+    }
     if let Some(send) = &check.send {
         // Usually one small write, waited on by the reply: don't let Nagle hold it.
         let _ = stream.set_nodelay(true);

@@ -7,15 +7,17 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
 
 use super::expect::{End, Matcher};
-use super::{Deadline, ProbeError};
+use super::{Deadline, ProbeError, ProbeTarget, local_header};
 use crate::config::UdpCheck;
+use crate::proxy_protocol::Transport;
 
 /// Probes `target` as `check` says, all within `deadline`.
 pub(super) async fn probe(
     check: &UdpCheck,
-    target: SocketAddr,
+    target: ProbeTarget<'_>,
     deadline: Deadline,
 ) -> Result<(), ProbeError> {
+    let (target, proxy_header) = (target.target, target.proxy_header);
     let local: SocketAddr = if target.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -24,8 +26,17 @@ pub(super) async fn probe(
     let socket = UdpSocket::bind(local).await.map_err(ProbeError::Connect)?;
     // Connected: only the endpoint's replies are read, and its ICMP errors reach this socket.
     socket.connect(target).await.map_err(ProbeError::Connect)?;
+    // With the service's PROXY protocol, the header and the payload share the datagram.
+    let datagram = match proxy_header {
+        Some(version) => [
+            local_header(version, Transport::Datagram),
+            check.send.clone(),
+        ]
+        .concat(),
+        None => check.send.clone(),
+    };
     deadline
-        .run(async { socket.send(&check.send).await.map_err(ProbeError::Send) })
+        .run(async { socket.send(&datagram).await.map_err(ProbeError::Send) })
         .await?;
     // One buffer per probe, not per datagram; a reply larger than it would not be a datagram.
     let mut buf = vec![0; UdpCheck::READ_LIMIT + 1];
@@ -97,21 +108,33 @@ mod tests {
     #[tokio::test]
     async fn a_reply_holding_the_expectation_succeeds() {
         let addr = server(|d| Some([b"pong:".as_slice(), d].concat())).await;
-        probe(&check("ping", Some("pong:ping")), addr, deadline(5_000))
-            .await
-            .unwrap();
+        probe(
+            &check("ping", Some("pong:ping")),
+            ProbeTarget::endpoint("udp", addr),
+            deadline(5_000),
+        )
+        .await
+        .unwrap();
         // Without expect, any reply will do.
-        probe(&check("x", None), addr, deadline(5_000))
-            .await
-            .unwrap();
+        probe(
+            &check("x", None),
+            ProbeTarget::endpoint("udp", addr),
+            deadline(5_000),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
     async fn a_wrong_reply_then_silence_fails_at_the_timeout_saying_so() {
         let addr = server(|_| Some(b"role:slave".to_vec())).await;
-        let error = probe(&check("INFO", Some("role:master")), addr, deadline(200))
-            .await
-            .unwrap_err();
+        let error = probe(
+            &check("INFO", Some("role:master")),
+            ProbeTarget::endpoint("udp", addr),
+            deadline(200),
+        )
+        .await
+        .unwrap_err();
         assert!(
             error
                 .to_string()
@@ -123,9 +146,13 @@ mod tests {
     #[tokio::test]
     async fn no_reply_fails_at_the_timeout() {
         let addr = server(|_| None).await;
-        let error = probe(&check("ping", None), addr, deadline(200))
-            .await
-            .unwrap_err();
+        let error = probe(
+            &check("ping", None),
+            ProbeTarget::endpoint("udp", addr),
+            deadline(200),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(error, ProbeError::Timeout(_)), "{error}");
     }
 
@@ -136,9 +163,13 @@ mod tests {
             socket.local_addr().unwrap()
         };
         // Long timeout: only the ICMP port unreachable can end this probe quickly.
-        let error = probe(&check("ping", None), closed, deadline(20_000))
-            .await
-            .unwrap_err();
+        let error = probe(
+            &check("ping", None),
+            ProbeTarget::endpoint("udp", closed),
+            deadline(20_000),
+        )
+        .await
+        .unwrap_err();
         match error {
             ProbeError::Receive { source, .. } => {
                 assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused)
@@ -159,6 +190,8 @@ mod tests {
             send: vec![0xde, 0xad, 0x00, 0xbe, 0xef],
             expect: Some(vec![0x00, 0xde, 0xad, 0x00, 0xbe, 0xef]),
         };
-        probe(&udp, addr, deadline(5_000)).await.unwrap();
+        probe(&udp, ProbeTarget::endpoint("udp", addr), deadline(5_000))
+            .await
+            .unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! (forwarding both ways through a buffer pair), and the one-direction pump both use.
 
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,15 @@ impl Half {
         Half {
             may_splice,
             ..Half::default()
+        }
+    }
+
+    /// [`Half::new`], with the first `pending` bytes of its buffer waiting to be written (a
+    /// PROXY header, client bytes that came with a received one).
+    pub fn holding(may_splice: bool, pending: usize) -> Half {
+        Half {
+            end: pending,
+            ..Half::new(may_splice)
         }
     }
 
@@ -291,6 +300,9 @@ pub struct Connecting {
     /// Loop milliseconds at which the current attempt times out, or while `queued`, the
     /// queue timeout.
     pub deadline_ms: u64,
+    /// Bytes at the start of the client → endpoint buffer to write before any other: the
+    /// PROXY header vipd sends, and client bytes read with a received header.
+    pub early: usize,
     /// In the service's queue: every candidate left is at its connection limit.
     pub queued: bool,
     /// Counted among the queue's waiting connections (queued, or granted a slot and not yet
@@ -307,13 +319,22 @@ pub struct Admitted {
     pub process: bool,
 }
 
+/// A client not yet given an endpoint: on a port that accepts the PROXY protocol, until its
+/// header has arrived whole.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Loop milliseconds by which the header must have arrived (`proxy_protocol_timeout`).
+    pub deadline_ms: u64,
+    /// Bytes read so far, at the start of the client → endpoint buffer.
+    pub read: usize,
+    /// The peer that connected (a trusted load balancer).
+    pub peer: SocketAddr,
+}
+
 /// A connected pair forwarding both ways.
 #[derive(Debug)]
 pub struct Established {
     pub active: ActiveConnection,
-    /// `BUFFER_SIZE` bytes client → endpoint, then `BUFFER_SIZE` endpoint → client; held only
-    /// while a direction has bytes its destination has not taken (see [`BufferPool`]).
-    pub buffers: Option<Box<[u8]>>,
     /// Client → endpoint, endpoint → client.
     pub halves: [Half; 2],
     pub idle_timeout_ms: u64,
@@ -327,6 +348,8 @@ pub struct Established {
 
 #[derive(Debug)]
 pub enum Phase {
+    /// Accepted, reading the PROXY header the peer must send first.
+    Accepted(Accepted),
     /// Inline, not boxed: no allocation per connection, and an established connection is the
     /// larger variant anyway.
     Connecting(Connecting),
@@ -359,12 +382,16 @@ pub struct Conn {
     pub last_activity_ms: u64,
     /// The connection limits it counts against.
     pub admitted: Admitted,
+    /// `BUFFER_SIZE` bytes client → endpoint, then `BUFFER_SIZE` endpoint → client; held only
+    /// while bytes wait for a socket (see [`BufferPool`]).
+    pub buffers: Option<Box<[u8]>>,
 }
 
 impl Conn {
     /// The next deadline: connect timeout, or the earlier of idle and drain deadlines.
     pub fn deadline_ms(&self) -> u64 {
         match &self.phase {
+            Phase::Accepted(accepted) => accepted.deadline_ms,
             Phase::Connecting(connecting) => connecting.deadline_ms,
             Phase::Established(established) => {
                 let idle = self
@@ -391,7 +418,7 @@ impl Conn {
         };
         let half_close = established.half_close;
         let upstream = self.upstream.as_mut().expect("established has an upstream");
-        let buffers = established.buffers.get_or_insert_with(|| pool.take());
+        let buffers = self.buffers.get_or_insert_with(|| pool.take());
         let (inbound_buffer, outbound_buffer) = buffers.split_at_mut(BUFFER_SIZE);
         let [inbound, outbound] = &mut established.halves;
         let moved_in = direction(
@@ -414,7 +441,7 @@ impl Conn {
         );
         if inbound.buffer_is_empty()
             && outbound.buffer_is_empty()
-            && let Some(pair) = established.buffers.take()
+            && let Some(pair) = self.buffers.take()
         {
             // Nothing waits in either buffer: the pair serves other connections meanwhile.
             pool.give(pair);

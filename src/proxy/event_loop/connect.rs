@@ -18,18 +18,18 @@ use mio::Interest;
 use mio::net::TcpStream;
 use socket2::{Domain, Socket, Type};
 
-use super::conn::{Admitted, Conn, Connecting, Established, Half, Phase, Ready};
-use super::keepalive;
+use super::conn::{Accepted, Admitted, Conn, Connecting, Established, Half, Phase, Ready};
 use super::{CLIENT, EventLoop, KEY_LIMIT, Source, Watched, conn_token, upstream_side};
+use super::{header, keepalive};
 use crate::balance::affinity_timeout;
 use crate::config::{Protocol, TcpKeepalive};
 use crate::proxy::admission::ConnectionLimit;
 use crate::service::{Endpoint, ServiceState};
 
 impl EventLoop {
-    /// A new client of the port at `source`, counted against the limits in `admitted`: pick
-    /// an endpoint, then start the first attempt (or queue, while connections wait for an
-    /// endpoint below its limit).
+    /// A new client of the port at `source`, counted against the limits in `admitted`: on a
+    /// port that accepts the PROXY protocol, read its header first (see [`super::header`]);
+    /// else place it at once.
     pub(super) fn start(
         &mut self,
         source: usize,
@@ -42,22 +42,19 @@ impl EventLoop {
             return;
         };
         let service = &*tcp.service;
-        let snapshot = service.snapshot();
-        let Some(pool) = service.placement_pool(&snapshot, Protocol::Tcp, tcp.port) else {
-            service.metrics.connections_failed.increment(1);
-            tracing::debug!(service = service.name(), %peer, "no endpoint reachable; closing client connection");
-            release(service, &self.process_limit, admitted);
-            return;
+        let (accepts_header, header_timeout) = {
+            let snapshot = service.load_snapshot();
+            let accepts = snapshot.config.ports.iter().any(|p| {
+                p.protocol == Protocol::Tcp && p.port == tcp.port && p.accept_proxy_protocol
+            });
+            if accepts && !header::trusted(&snapshot.config.proxy_protocol_trusted, peer) {
+                service.metrics.proxy_protocol_error("untrusted");
+                tracing::debug!(service = service.name(), %peer, "peer not in proxy_protocol_trusted; closing");
+                release(service, &self.process_limit, admitted);
+                return;
+            }
+            (accepts, snapshot.config.connection.proxy_protocol_timeout)
         };
-        let candidates = pool.tier.candidates().len();
-        // The peer address is used only when a pick reads it; it is not kept per connection.
-        let client_ip = pool.needs_client.then(|| peer.ip());
-        let first = pool.first(
-            client_ip,
-            affinity_timeout(snapshot.config.session_affinity),
-        );
-        let attempts =
-            (snapshot.config.connection.max_connect_attempts.get() as usize).min(candidates);
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
         let entry = self.conns.vacant_entry();
@@ -78,33 +75,90 @@ impl EventLoop {
             return;
         }
         tcp.connections += 1;
-        // First come, first served: behind connections already waiting for a slot.
-        let behind_waiters = service.queue.has_waiters();
         entry.insert(Conn {
             generation,
             client,
             client_ready: Ready::default(),
             upstream: None,
             upstream_ready: Ready::default(),
-            phase: Phase::Connecting(Connecting {
-                snapshot,
-                client_ip,
-                first,
-                scanned: 0,
-                tried: 0,
-                attempts,
-                attempt: None,
-                started: Instant::now(),
-                deadline_ms: 0,
-                queued: false,
-                waiting: false,
+            phase: Phase::Accepted(Accepted {
+                deadline_ms: now + header_timeout.as_millis() as u64,
+                read: 0,
+                peer,
             }),
             source,
             armed_tick: None,
             last_activity_ms: now,
             admitted,
+            buffers: None,
         });
-        if behind_waiters {
+        if accepts_header {
+            self.arm(key);
+        } else {
+            self.place(key, peer, None, 0, now);
+        }
+    }
+
+    /// Gives connection `key` from `client` an endpoint: picks from the service's snapshot
+    /// (affinity and hashing by the client's address), writes the service's PROXY header in
+    /// front of the `early` client bytes waiting in the buffer, and starts the first attempt —
+    /// or queues, while connections wait for an endpoint below its limit. `destination` is
+    /// what the client connected to, when a received header said so.
+    pub(super) fn place(
+        &mut self,
+        key: usize,
+        client: SocketAddr,
+        destination: Option<SocketAddr>,
+        early: usize,
+        now: u64,
+    ) {
+        let conn = &mut self.conns[key];
+        let Some(Source::Tcp(tcp)) = self.sources.get(conn.source) else {
+            unreachable!("a connection's port outlives it");
+        };
+        let service = &*tcp.service;
+        let snapshot = service.snapshot();
+        let Some(pool) = service.placement_pool(&snapshot, Protocol::Tcp, tcp.port) else {
+            service.metrics.connections_failed.increment(1);
+            tracing::debug!(service = service.name(), %client, "no endpoint reachable; closing client connection");
+            self.close(key);
+            return;
+        };
+        let candidates = pool.tier.candidates().len();
+        // The client address is used only when a pick reads it; it is not kept per connection.
+        let client_ip = pool.needs_client.then(|| client.ip());
+        let first = pool.first(
+            client_ip,
+            affinity_timeout(snapshot.config.session_affinity),
+        );
+        let attempts =
+            (snapshot.config.connection.max_connect_attempts.get() as usize).min(candidates);
+        let mut early = early;
+        if let Some(version) = snapshot.config.proxy_protocol {
+            // The address the client connected to: the header's, the listener's, or (a
+            // wildcard listener) the connection's own.
+            let destination = destination
+                .or(tcp.local_addr())
+                .or_else(|| conn.client.local_addr().ok());
+            let buffer = conn.buffers.get_or_insert_with(|| self.buffers.take());
+            early = header::write_header(buffer, early, version, client, destination);
+        }
+        conn.phase = Phase::Connecting(Connecting {
+            snapshot,
+            client_ip,
+            first,
+            scanned: 0,
+            tried: 0,
+            attempts,
+            attempt: None,
+            started: Instant::now(),
+            deadline_ms: 0,
+            queued: false,
+            waiting: false,
+            early,
+        });
+        // First come, first served: behind connections already waiting for a slot.
+        if service.queue.has_waiters() {
             self.enqueue(key, now, false);
         } else {
             self.next_attempt(key, now);
@@ -312,9 +366,11 @@ impl EventLoop {
         let may_splice = self.pipes.is_some();
         conn.phase = Phase::Established(Established {
             active: attempt.established(),
-            // Taken when there is something to move.
-            buffers: None,
-            halves: [Half::new(may_splice), Half::new(may_splice)],
+            // The header and client bytes already in the buffer go first.
+            halves: [
+                Half::holding(may_splice, connecting.early),
+                Half::new(may_splice),
+            ],
             idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
             half_close: settings.half_close,
             drain,

@@ -67,7 +67,6 @@ fn connection(poll: &Poll, id: usize, may_splice: bool) -> (Conn, StdStream, Std
         upstream_ready: Ready::default(),
         phase: Phase::Established(Established {
             active: endpoint.attempt().established(),
-            buffers: None,
             halves: [Half::new(may_splice), Half::new(may_splice)],
             idle_timeout_ms: 1_000,
             half_close: true,
@@ -79,6 +78,7 @@ fn connection(poll: &Poll, id: usize, may_splice: bool) -> (Conn, StdStream, Std
         armed_tick: None,
         last_activity_ms: 0,
         admitted: Default::default(),
+        buffers: None,
     };
     (conn, client_far, upstream_far)
 }
@@ -92,7 +92,7 @@ pub(super) fn established(poll: &Poll) -> (Conn, StdStream, StdStream) {
 pub(super) fn halves(conn: &Conn) -> &[Half; 2] {
     match &conn.phase {
         Phase::Established(established) => &established.halves,
-        Phase::Connecting(_) => unreachable!("tests forward established connections"),
+        _ => unreachable!("tests forward established connections"),
     }
 }
 

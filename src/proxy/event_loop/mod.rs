@@ -30,6 +30,7 @@ mod conn;
 mod connect;
 #[cfg(test)]
 mod forward_tests;
+mod header;
 mod keepalive;
 mod splice;
 mod tcp;

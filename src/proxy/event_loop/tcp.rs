@@ -46,6 +46,8 @@ pub struct TcpPort {
     /// The service port as configured.
     pub port: u16,
     pub stop: CancellationToken,
+    /// The listener's address, unless it is a wildcard (then each connection's own is asked).
+    local: Option<std::net::SocketAddr>,
     /// Dropped when the listener closes: the control plane waits for it.
     closed: Option<oneshot::Sender<()>>,
     /// Dropped when the listener is closed and its last connection ended: shutdown waits.
@@ -79,7 +81,12 @@ impl TcpPort {
         // own stack already decided when to send.
         let nodelay_inherited =
             cfg!(target_os = "linux") && SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
+        let local = listener
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified());
         Ok(TcpPort {
+            local,
             listener: Some(TcpListener::from_std(listener)),
             nodelay_inherited,
             keepalive: ListenerKeepalive::default(),
@@ -117,6 +124,11 @@ impl TcpPort {
             self.registered = true;
         }
         Ok(())
+    }
+
+    /// The address clients connect to, unless the listener is a wildcard.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local
     }
 
     /// Whether the listener is still open.
@@ -285,6 +297,10 @@ impl EventLoop {
     /// Reacts to readiness of connection `key`.
     fn drive(&mut self, key: usize, now: u64) {
         let conn = &mut self.conns[key];
+        if let Phase::Accepted(_) = conn.phase {
+            self.read_header(key, now);
+            return;
+        }
         if let Phase::Connecting(connecting) = &mut conn.phase {
             if connecting.attempt.is_none() {
                 // Queued. A client that resets gives up its place; one that only sent its FIN
@@ -347,13 +363,17 @@ impl EventLoop {
     /// Closes connection `key`: both sockets are dropped without deregistration. The port
     /// goes too when it is closed and this was its last connection.
     pub(super) fn close(&mut self, key: usize) {
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
         let Some(Source::Tcp(tcp)) = self.sources.get_mut(conn.source) else {
             unreachable!("a connection's port outlives it");
         };
         release(&tcp.service, &self.process_limit, conn.admitted);
+        if let Some(pair) = conn.buffers.take() {
+            self.buffers.give(pair);
+        }
         // Whether the close frees a slot of an endpoint with a connection limit.
         let frees_limited_slot = match conn.phase {
+            Phase::Accepted(_) => false,
             Phase::Connecting(connecting) => {
                 if connecting.waiting {
                     tcp.service.queue.leave(&self.mailbox, key, conn.generation);
@@ -373,9 +393,6 @@ impl EventLoop {
                     if self.watched[i].connections == 0 {
                         self.watched.swap_remove(i);
                     }
-                }
-                if let Some(pair) = established.buffers {
-                    self.buffers.give(pair);
                 }
                 // The arm drops `active`, freeing the slot, before the queue hears of it.
                 established.active.endpoint().limit().is_some()
@@ -450,6 +467,11 @@ impl EventLoop {
                 unreachable!("a connection's port outlives it");
             };
             match &conn.phase {
+                Phase::Accepted(accepted) => {
+                    tcp.service.metrics.proxy_protocol_error("timeout");
+                    tracing::debug!(service = tcp.service.name(), peer = %accepted.peer, "no whole PROXY header within proxy_protocol_timeout; closing");
+                    self.close(key);
+                }
                 Phase::Connecting(connecting) if connecting.attempt.is_none() => {
                     tracing::debug!(
                         service = tcp.service.name(),
