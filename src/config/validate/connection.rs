@@ -296,7 +296,7 @@ mod tests {
                     "target_port = 9000 }",
                     "target_port = 9000, protocol = \"udp\" }",
                 ),
-                "vipd.toml: service \"web\": max_connections: only allowed on a service with a tcp port (UDP flows have no connections to limit or half-close)",
+                "vipd.toml: service \"web\": max_connections: only allowed on a service with a tcp port (ports[].protocol = \"tcp\")",
             ),
             (
                 service("")
@@ -308,7 +308,7 @@ mod tests {
                         "endpoints = [\"10.0.0.1\"]",
                         "endpoints = [{ address = \"10.0.0.1\", max_connections = 3 }]",
                     ),
-                "vipd.toml: service \"web\": endpoints[0].max_connections: only allowed on a service with a tcp port",
+                "vipd.toml: service \"web\": endpoints[0].max_connections: only allowed on a service with a tcp port (ports[].protocol = \"tcp\")",
             ),
         ];
         assert_each_reports(cases);

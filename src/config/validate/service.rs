@@ -163,7 +163,7 @@ impl Validator {
                     self.push(
                         &scope,
                         key,
-                        "only allowed on a service with a tcp port (UDP flows have no connections to limit or half-close)",
+                        "only allowed on a service with a tcp port (ports[].protocol = \"tcp\")",
                     );
                 }
             }
@@ -172,7 +172,7 @@ impl Validator {
                     self.push(
                         &scope,
                         format!("endpoints[{i}].max_connections"),
-                        "only allowed on a service with a tcp port",
+                        "only allowed on a service with a tcp port (ports[].protocol = \"tcp\")",
                     );
                 }
             }
