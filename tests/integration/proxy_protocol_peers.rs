@@ -2,7 +2,8 @@
 //! proxy_protocol`, answering with the address from the header) reads the v1 and v2 headers
 //! vipd writes and answers its health probes, which begin with a header naming no client;
 //! HAProxy in front of vipd (`send-proxy`, `send-proxy-v2`) hands a client's address to vipd,
-//! which passes it on to nginx, so it crosses two proxies. Next to HAProxy, connections
+//! which passes it on to nginx, so it crosses two proxies, and HAProxy's own checks (a header
+//! naming no client) pass through vipd to nginx. Next to HAProxy, connections
 //! without a good header or from an untrusted address are closed and counted.
 //!
 //! Network on 127.0.0.0/8 only; distinct loopback addresses tell clients from proxies.
@@ -180,8 +181,9 @@ http {{
 }
 
 /// An HAProxy whose `mode tcp` frontend on `127.0.0.3` forwards to `backend`, connecting from
-/// 127.0.0.1 with a PROXY header (`send` is `send-proxy` or `send-proxy-v2`). Stopped by PID
-/// when dropped.
+/// 127.0.0.1 with a PROXY header (`send` is `send-proxy` or `send-proxy-v2`). It checks the
+/// backend with `GET /` behind a header of its own (`check-send-proxy`: v1 `PROXY UNKNOWN`,
+/// v2 `LOCAL`), and answers `show stat` on a stats socket. Stopped by PID when dropped.
 struct Haproxy {
     addr: SocketAddr,
     process: ServerProcess,
@@ -197,6 +199,7 @@ impl Haproxy {
         let conf = format!(
             r#"global
     maxconn 256
+    stats socket {stats} level operator
 
 defaults
     mode tcp
@@ -209,8 +212,10 @@ frontend clients
     default_backend vipd
 
 backend vipd
-    server vipd {backend} {send} source 127.0.0.1
-"#
+    option httpchk GET /
+    server vipd {backend} {send} source 127.0.0.1 check check-send-proxy inter 100ms
+"#,
+            stats = path.join("haproxy.sock").display()
         );
         let conf_path = path.join("haproxy.cfg");
         std::fs::write(&conf_path, conf).expect("write haproxy.cfg");
@@ -237,6 +242,35 @@ backend vipd
             process,
             _dir: dir,
         }
+    }
+
+    /// The `check_status` of the server `vipd` in `show stat` (`L7OK`: its last check got a
+    /// 2xx or 3xx answer).
+    async fn check_status(&self) -> Result<String, String> {
+        let mut socket = tokio::net::UnixStream::connect(self._dir.path().join("haproxy.sock"))
+            .await
+            .map_err(|e| format!("stats socket: {e}"))?;
+        socket
+            .write_all(b"show stat\n")
+            .await
+            .map_err(|e| format!("show stat: {e}"))?;
+        let mut csv = String::new();
+        socket
+            .read_to_string(&mut csv)
+            .await
+            .map_err(|e| format!("show stat: {e}"))?;
+        let mut lines = csv.lines();
+        let header = lines.next().unwrap_or_default();
+        let column = header
+            .trim_start_matches("# ")
+            .split(',')
+            .position(|name| name == "check_status")
+            .ok_or_else(|| format!("no check_status in {csv:?}"))?;
+        lines
+            .find(|line| line.starts_with("vipd,vipd,"))
+            .and_then(|line| line.split(',').nth(column))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no server vipd in {csv:?}"))
     }
 }
 
@@ -352,6 +386,15 @@ async fn haproxy_in_front_of_vipd(name: &str, send: &str) {
             haproxy.process.log()
         );
     }
+
+    // HAProxy's own checks (a header naming no client, then `GET /`) are answered by nginx.
+    poll_until("HAProxy's check of vipd to pass", || async {
+        match haproxy.check_status().await? {
+            status if status.trim_start_matches("* ") == "L7OK" => Ok(()),
+            status => Err(status),
+        }
+    })
+    .await;
 
     // Straight to vipd's port: refused unless a header from a trusted peer comes first.
     let trusted = loopback(1);
