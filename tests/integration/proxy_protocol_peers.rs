@@ -1,10 +1,11 @@
 //! The PROXY protocol against real peers from Debian packages: nginx behind vipd (`listen …
 //! proxy_protocol`, answering with the address from the header) reads the v1 and v2 headers
 //! vipd writes and answers its health probes, which begin with a header naming no client;
-//! HAProxy in front of vipd (`send-proxy`, `send-proxy-v2`) hands a client's address to vipd,
-//! which passes it on to nginx, so it crosses two proxies, and HAProxy's own checks (a header
-//! naming no client) pass through vipd to nginx. Next to HAProxy, connections
-//! without a good header or from an untrusted address are closed and counted.
+//! HAProxy in front of vipd (`send-proxy`, `send-proxy-v2`, v2 with CRC32c and unique-ID TLVs)
+//! hands a client's address to vipd, which passes it on to nginx, so it crosses two proxies;
+//! HAProxy's own checks (a header naming no client, then `GET /`) pass through vipd to nginx.
+//! Next to HAProxy, connections without a good header or from an untrusted address are closed
+//! and counted.
 //!
 //! Network on 127.0.0.0/8 only; distinct loopback addresses tell clients from proxies.
 //! `#[ignore]`d: they need Debian's `nginx` and `haproxy`, which `.ci/run` installs.
@@ -209,6 +210,7 @@ defaults
 
 frontend clients
     bind {addr}
+    unique-id-format %ci:%cp_%rt
     default_backend vipd
 
 backend vipd
@@ -444,4 +446,16 @@ async fn haproxy_send_proxy_client_reaches_nginx_through_vipd() {
 #[ignore = "needs nginx and haproxy (installed by .ci/run)"]
 async fn haproxy_send_proxy_v2_client_reaches_nginx_through_vipd() {
     haproxy_in_front_of_vipd("haproxy-v2", "send-proxy-v2").await;
+}
+
+/// HAProxy's v2 header with TLVs: a CRC32c of the header (which vipd checks) and the
+/// connection's unique ID (which it skips).
+#[tokio::test]
+#[ignore = "needs nginx and haproxy (installed by .ci/run)"]
+async fn haproxy_send_proxy_v2_with_tlvs_client_reaches_nginx_through_vipd() {
+    haproxy_in_front_of_vipd(
+        "haproxy-v2-tlvs",
+        "send-proxy-v2 proxy-v2-options crc32c,unique-id",
+    )
+    .await;
 }
