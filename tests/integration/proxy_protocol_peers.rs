@@ -24,8 +24,9 @@ use crate::support::http::{get, sample};
 use crate::support::server::ServerProcess;
 use crate::support::{Running, free_port, poll_until, service, within};
 
-/// Probe period of the services over nginx.
-const PERIOD: Duration = Duration::from_millis(500);
+/// Probe period of the services over nginx (the first probe runs at once; the timeout is half
+/// of it, generous for a loaded machine).
+const PERIOD: Duration = Duration::from_secs(1);
 
 /// A loopback address `127.0.0.<n>`.
 fn loopback(n: u8) -> IpAddr {
@@ -96,7 +97,7 @@ fn server_dir() -> tempfile::TempDir {
 struct Nginx {
     addr: SocketAddr,
     process: ServerProcess,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
@@ -166,17 +167,12 @@ http {{
             }
         })
         .await;
-        Nginx {
-            addr,
-            process,
-            _dir: dir,
-        }
+        Nginx { addr, process, dir }
     }
 
     /// What nginx logged so far (its error log and output).
     fn log(&self) -> String {
-        let errors =
-            std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default();
+        let errors = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
         format!("{errors}{}", self.process.log())
     }
 }
@@ -188,7 +184,7 @@ http {{
 struct Haproxy {
     addr: SocketAddr,
     process: ServerProcess,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Haproxy {
@@ -239,17 +235,13 @@ backend vipd
             }
         })
         .await;
-        Haproxy {
-            addr,
-            process,
-            _dir: dir,
-        }
+        Haproxy { addr, process, dir }
     }
 
     /// The `check_status` of the server `vipd` in `show stat` (`L7OK`: its last check got a
     /// 2xx or 3xx answer).
     async fn check_status(&self) -> Result<String, String> {
-        let mut socket = tokio::net::UnixStream::connect(self._dir.path().join("haproxy.sock"))
+        let mut socket = tokio::net::UnixStream::connect(self.dir.path().join("haproxy.sock"))
             .await
             .map_err(|e| format!("stats socket: {e}"))?;
         socket
