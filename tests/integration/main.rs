@@ -17,6 +17,7 @@ mod limits;
 mod prometheus;
 mod proxy;
 mod proxy_protocol;
+mod proxy_protocol_peers;
 mod reload;
 mod shutdown;
 mod stateful;
