@@ -22,4 +22,5 @@ mod reload;
 mod shutdown;
 mod stateful;
 mod udp;
+mod udp_proxy_protocol;
 mod vip;

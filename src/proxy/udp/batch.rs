@@ -15,6 +15,12 @@
 //! train instead of once per datagram; the receiver gets the same datagrams either way. Where a device cannot segment
 //! ([`is_gso_unsupported`]), [`send_segments`] sends them one by one.
 //!
+//! A slot can also carry a prefix of its own (a PROXY protocol header, [`Slots::prepend`]) and
+//! have bytes taken off its front (a header read from it, [`Slots::strip`]): the prefix and the
+//! slot's bytes go out as one datagram, gathered from two iovecs, never copied together. A train
+//! of prefixed datagrams is cut by GSO at prefix + datagram, so each segment is one header and
+//! its datagram. A GRO train takes no prefix.
+//!
 //! This is the one module of vipd with `unsafe` code: `recvmmsg`, `sendmmsg` and their
 //! control messages through `libc`. The safe wrappers at hand do not fit a loop that reuses its
 //! headers (nix 0.31's `recvmmsg` never resets the control and name lengths the kernel shrinks,
@@ -29,8 +35,14 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr;
 
+use crate::proxy_protocol::MAX_ENCODED;
+
 /// Datagrams per system call.
 pub const SLOTS: usize = 32;
+/// The longest prefix a slot can carry before its bytes: any PROXY protocol header vipd
+/// writes (see [`Slots::prepend`]).
+pub const PREFIX_MAX: usize = MAX_ENCODED;
+
 /// Bytes per slot: every UDP payload (65,507 bytes over IPv4, 65,527 over IPv6) and every GRO
 /// train (at most 64 KiB) fits, so nothing is truncated.
 pub const SLOT_SIZE: usize = 65_536;
@@ -50,7 +62,7 @@ type Control = [u64; 4];
 /// What one slot holds.
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram {
-    /// Bytes in the slot.
+    /// Bytes in the slot (from [`Slots::strip`]'s offset on), the prefix not counted.
     pub len: usize,
     /// Size of each datagram when the slot holds a GRO train of several (the last may be
     /// shorter); 0 when it holds one datagram.
@@ -61,6 +73,10 @@ pub struct Datagram {
     /// The kernel had more than the slot holds (`MSG_TRUNC`): what the slot has is not the
     /// datagram, and must not be sent on.
     pub truncated: bool,
+    /// Where the bytes start in the slot's buffer: what [`Slots::strip`] took off the front.
+    offset: u32,
+    /// Bytes of the slot's prefix ([`Slots::prepend`]), sent before its own.
+    prefix: u8,
 }
 
 impl Datagram {
@@ -72,9 +88,14 @@ impl Datagram {
         }
     }
 
-    /// Whether the slot holds a train for GSO to cut.
-    fn is_train(&self) -> bool {
+    /// Whether the slot holds a train for GSO to cut (several datagrams).
+    pub fn is_train(&self) -> bool {
         self.segment != 0 && self.len > usize::from(self.segment)
+    }
+
+    /// Bytes the slot sends as one datagram: its prefix and its own.
+    fn wire_len(&self) -> usize {
+        usize::from(self.prefix) + self.len
     }
 }
 
@@ -85,7 +106,10 @@ pub struct Slots {
     buffers: Box<[u8]>,
     meta: [Datagram; SLOTS],
     headers: Box<[libc::mmsghdr; SLOTS]>,
-    iovecs: Box<[libc::iovec; SLOTS]>,
+    /// Two per slot: a message may gather a prefix and a datagram from each.
+    iovecs: Box<[libc::iovec; 2 * SLOTS]>,
+    /// Each slot's prefix (a PROXY protocol header), `Datagram::prefix` bytes of it.
+    prefixes: Box<[[u8; PREFIX_MAX]; SLOTS]>,
     names: Box<[libc::sockaddr_storage; SLOTS]>,
     controls: Box<[Control; SLOTS]>,
     /// Consecutive equal-size datagrams to one peer go as one GSO train (until a path
@@ -125,10 +149,13 @@ impl Slots {
                 segment: 0,
                 peer: NOWHERE,
                 truncated: false,
+                offset: 0,
+                prefix: 0,
             }; SLOTS],
             headers: Box::new(headers),
             iovecs: Box::new(iovecs),
             names: Box::new(names),
+            prefixes: Box::new([[0; PREFIX_MAX]; SLOTS]),
             controls: Box::new([[0; 4]; SLOTS]),
             coalesce: true,
         }
@@ -141,8 +168,31 @@ impl Slots {
 
     /// The bytes slot `slot` holds.
     pub fn data(&self, slot: usize) -> &[u8] {
-        let start = slot * SLOT_SIZE;
+        let start = slot * SLOT_SIZE + self.meta[slot].offset as usize;
         &self.buffers[start..start + self.meta[slot].len]
+    }
+
+    /// Takes the first `bytes` of slot `slot`'s datagram off (a PROXY header read from it):
+    /// the rest is what goes on.
+    pub fn strip(&mut self, slot: usize, bytes: usize) {
+        let meta = &mut self.meta[slot];
+        let bytes = bytes.min(meta.len);
+        meta.offset += bytes as u32;
+        meta.len -= bytes;
+    }
+
+    /// Gives slot `slot` the prefix `write` puts in the buffer it is handed (returning its
+    /// length): it is sent in front of the slot's bytes, in the same datagram. A slot holding
+    /// a GRO train takes no prefix (it would go before the first datagram only).
+    pub fn prepend(&mut self, slot: usize, write: impl FnOnce(&mut [u8; PREFIX_MAX]) -> usize) {
+        debug_assert!(!self.meta[slot].is_train(), "a train takes no prefix");
+        let length = write(&mut self.prefixes[slot]);
+        self.meta[slot].prefix = u8::try_from(length.min(PREFIX_MAX)).unwrap_or(u8::MAX);
+    }
+
+    /// The prefix slot `slot` sends before its bytes (empty without one).
+    pub fn prefix(&self, slot: usize) -> &[u8] {
+        &self.prefixes[slot][..usize::from(self.meta[slot].prefix)]
     }
 
     /// Fills slot `slot` with `bytes` for `peer` (one datagram, or a train of `segment`-byte
@@ -155,6 +205,8 @@ impl Slots {
             segment,
             peer,
             truncated: false,
+            offset: 0,
+            prefix: 0,
         };
     }
 
@@ -184,9 +236,9 @@ impl Slots {
         msg.msg_flags = 0;
     }
 
-    /// Points header `header` at the datagrams of `slots` (gathered through the iovecs from
-    /// `gather`), to go to `peer` (or the connected peer), cut by GSO into `segment`-byte
-    /// datagrams when given.
+    /// Points header `header` at the datagrams of `slots`, each behind its prefix (gathered
+    /// through the iovecs from `gather`), to go to `peer` (or the connected peer), cut by GSO
+    /// into `segment`-byte datagrams when given; returns the iovecs it used.
     fn prepare_send(
         &mut self,
         header: usize,
@@ -194,14 +246,30 @@ impl Slots {
         gather: usize,
         peer: Option<SocketAddr>,
         segment: Option<u16>,
-    ) {
-        for (i, &slot) in slots.iter().enumerate() {
+    ) -> usize {
+        let mut iov = gather;
+        for &slot in slots {
             let slot = usize::from(slot);
-            self.iovecs[gather + i] = libc::iovec {
-                // SAFETY: `slot * SLOT_SIZE` is within `buffers` (slot < SLOTS).
-                iov_base: unsafe { self.buffers.as_mut_ptr().add(slot * SLOT_SIZE) }.cast(),
-                iov_len: self.meta[slot].len,
+            let meta = self.meta[slot];
+            if meta.prefix > 0 {
+                self.iovecs[iov] = libc::iovec {
+                    iov_base: self.prefixes[slot].as_mut_ptr().cast(),
+                    iov_len: usize::from(meta.prefix),
+                };
+                iov += 1;
+            }
+            self.iovecs[iov] = libc::iovec {
+                // SAFETY: `slot * SLOT_SIZE + offset` is within `buffers` (slot < SLOTS, and
+                // the offset within the slot's datagram).
+                iov_base: unsafe {
+                    self.buffers
+                        .as_mut_ptr()
+                        .add(slot * SLOT_SIZE + meta.offset as usize)
+                }
+                .cast(),
+                iov_len: meta.len,
             };
+            iov += 1;
         }
         let control = match segment {
             Some(segment) => write_segment(&mut self.controls[header], segment),
@@ -221,7 +289,7 @@ impl Slots {
             }
         }
         msg.msg_iov = ptr::from_mut(&mut self.iovecs[gather]);
-        msg.msg_iovlen = slots.len() as _;
+        msg.msg_iovlen = (iov - gather) as _;
         if control == 0 {
             msg.msg_control = ptr::null_mut();
         } else {
@@ -229,30 +297,34 @@ impl Slots {
         }
         msg.msg_controllen = control as _;
         msg.msg_flags = 0;
+        iov - gather
     }
 
     /// How many of the datagrams at the start of `order` can go as one GSO train: equal
-    /// lengths (the last may be shorter), one peer, within the size limits; 1 when none can.
+    /// lengths, prefixes counted (the last may be shorter), one peer, within the size limits;
+    /// 1 when none can.
     fn train_length(&self, order: &[u8], named: bool) -> usize {
         let first = self.meta[usize::from(order[0])];
-        if !self.coalesce || first.is_train() || first.len == 0 || first.len > COALESCE_MAX {
+        let size = first.wire_len();
+        if !self.coalesce || first.is_train() || size == 0 || size > COALESCE_MAX {
             return 1;
         }
-        let mut total = first.len;
+        let mut total = size;
         let mut count = 1;
         for &slot in &order[1..] {
             let next = self.meta[usize::from(slot)];
+            let next_size = next.wire_len();
             if next.is_train()
-                || next.len == 0
-                || next.len > first.len
+                || next_size == 0
+                || next_size > size
                 || (named && next.peer != first.peer)
-                || total + next.len > TRAIN_MAX_BYTES
+                || total + next_size > TRAIN_MAX_BYTES
             {
                 break;
             }
-            total += next.len;
+            total += next_size;
             count += 1;
-            if next.len < first.len {
+            if next_size < size {
                 // Only the last segment of a train may be shorter.
                 break;
             }
@@ -297,6 +369,8 @@ pub fn recv(
             segment: gro_segment(&hdr.msg_hdr),
             peer: read_name(&slots.names[slot], hdr.msg_hdr.msg_namelen).unwrap_or(NOWHERE),
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            offset: 0,
+            prefix: 0,
         };
     }
     Ok(received)
@@ -323,20 +397,20 @@ fn send_messages(
     let order = &order[..order.len().min(SLOTS)];
     // Datagrams in each message, by header.
     let mut sizes = [0u8; SLOTS];
-    let (mut messages, mut gathered) = (0, 0);
+    let (mut messages, mut gathered, mut iovecs) = (0, 0, 0);
     while gathered < order.len() {
         let rest = &order[gathered..];
         let count = slots.train_length(rest, named);
         let first = slots.meta[usize::from(rest[0])];
         let segment = if count > 1 {
-            Some(first.len as u16)
+            Some(first.wire_len() as u16)
         } else if first.is_train() {
             Some(first.segment)
         } else {
             None
         };
         let peer = named.then_some(first.peer);
-        slots.prepare_send(messages, &rest[..count], gathered, peer, segment);
+        iovecs += slots.prepare_send(messages, &rest[..count], iovecs, peer, segment);
         sizes[messages] = count as u8;
         messages += 1;
         gathered += count;
@@ -403,7 +477,13 @@ pub fn is_gso_unsupported(error: &io::Error) -> bool {
 /// Asks the kernel to deliver trains of one sender's datagrams to `socket` as one (UDP GRO);
 /// false where it cannot.
 pub fn enable_gro(socket: BorrowedFd<'_>) -> bool {
-    let on: libc::c_int = 1;
+    set_gro(socket, true)
+}
+
+/// Turns UDP GRO on or off on `socket`; false where the kernel says no. Off, the kernel cuts
+/// any train into its datagrams before they are queued: one message per datagram.
+pub fn set_gro(socket: BorrowedFd<'_>, on: bool) -> bool {
+    let on = libc::c_int::from(on);
     // SAFETY: a valid descriptor and an `int` option value of the declared size.
     let result = unsafe {
         libc::setsockopt(
@@ -669,6 +749,36 @@ mod tests {
             let n = plain.recv(&mut buf).unwrap();
             assert_eq!(n, len);
             assert!(buf[..n].iter().all(|&b| b == slot));
+        }
+    }
+
+    #[test]
+    fn prefixed_and_stripped_datagrams_go_out_as_prefix_then_the_rest_even_in_a_train() {
+        let (sender, receiver) = pair();
+        let to = receiver.local_addr().unwrap();
+        let mut out = Slots::new();
+        // Four datagrams of 100 bytes, each losing a 10-byte header and gaining a 20-byte
+        // prefix: one train of 110-byte segments.
+        for slot in 0..4u8 {
+            let mut bytes = vec![0xEE; 10];
+            bytes.extend(std::iter::repeat_n(slot, 90));
+            out.fill(usize::from(slot), &bytes, 0, to);
+            out.strip(usize::from(slot), 10);
+            out.prepend(usize::from(slot), |buf| {
+                buf[..20].fill(0xA0 + slot);
+                20
+            });
+            assert_eq!(out.data(usize::from(slot)), &[slot; 90][..]);
+            assert_eq!(out.prefix(usize::from(slot)), &[0xA0 + slot; 20][..]);
+        }
+        assert_eq!(out.train_length(&[0, 1, 2, 3], true), 4);
+        assert_eq!(send_to(sender.as_fd(), &mut out, &[0, 1, 2, 3]).unwrap(), 4);
+        let mut buf = [0u8; 256];
+        for slot in 0..4u8 {
+            let n = receiver.recv(&mut buf).unwrap();
+            assert_eq!(n, 110, "datagram {slot}");
+            assert_eq!(&buf[..20], &[0xA0 + slot; 20][..]);
+            assert_eq!(&buf[20..n], &[slot; 90][..]);
         }
     }
 

@@ -39,7 +39,8 @@ pub struct Flow<U> {
 }
 
 impl<U> Flow<U> {
-    /// The client address.
+    /// The client address: the peer the flow's datagrams come from and its replies go to (a
+    /// load balancer, on a port that accepts PROXY headers).
     pub fn client(&self) -> SocketAddr {
         self.client
     }

@@ -26,6 +26,43 @@
 //! left the service (a sweep every quarter of the timeout, at most every second), when the
 //! port closes, or when the service stops.
 //!
+//! ## The PROXY protocol
+//!
+//! The spec's rule for datagrams: every datagram carries its own header, header and payload in
+//! one datagram. v2 only (v1 is defined for TCP; the config refuses `proxy_protocol = "v1"` on a
+//! service with UDP ports, and a received datagram that begins with `"PROXY "` is refused as
+//! `unsupported`).
+//!
+//! - **Receiving** (`accept_proxy_protocol`): each datagram must come from a peer in
+//!   `proxy_protocol_trusted` and begin with a whole v2 header; otherwise it is dropped and
+//!   counted in `vipd_proxy_protocol_errors_total` (`untrusted`, or the parse's reason; a header
+//!   cut short by the datagram's end is `malformed`, since a datagram does not continue). The
+//!   header is stripped (the payload is sent from behind it, not moved), and the client it
+//!   names is the client for placement (affinity, maglev) and for the header vipd sends on; a
+//!   v2 `LOCAL` header means the peer is the client.
+//! - **Flows stay keyed by the peer address** (the load balancer's socket), so the endpoint's
+//!   replies go back to the peer that sent the datagram, which knows its client. A load
+//!   balancer that carries several clients over one socket therefore has them share one flow:
+//!   one endpoint, placed for the client of the flow's first datagram (or of the datagram that
+//!   re-pins it); each datagram's own client is still the one named in the header vipd sends
+//!   on, which is built per datagram. Load balancers that relay UDP use a socket per client
+//!   flow (as vipd does), so this is one flow per client in practice.
+//! - **Sending** (`proxy_protocol = "v2"`): each datagram to an endpoint starts with a v2
+//!   PROXY/DGRAM header naming the client and the address it sent to: the one in the received
+//!   header, else the listening socket's local address. A listener on a wildcard address
+//!   cannot tell per datagram which address a client sent to (that would take `IP_PKTINFO` on
+//!   every receive), so its headers name the wildcard address (`0.0.0.0` or `::`) with the
+//!   port. The header is encoded into the slot's preallocated prefix and gathered in front of
+//!   the payload (two iovecs, one datagram); the endpoint's replies carry none and go back as
+//!   ever.
+//! - **GRO is off** on the listening socket of a port that reads or writes headers (switched
+//!   as a reload changes it, checked once per batch): a GRO train of several datagrams, each
+//!   behind its own header, would have to be split and parsed segment by segment, and a train
+//!   to send could carry only one header. Without GRO the kernel hands each datagram on its
+//!   own, still 32 per `recvmmsg`; vipd's own GSO trains still form on the way out (each
+//!   segment is header + payload, cut at their sum). A train queued before GRO went off is
+//!   dropped (`send_failed`). Upstream sockets keep GRO: replies carry no header.
+//!
 //! - [`socket`]: binding the port's socket group, and the flows' upstream sockets.
 //! - [`batch`]: moving datagrams a batch per system call.
 //! - [`flows`]: the flow table and the service-wide flow count.
@@ -44,8 +81,9 @@ use mio::{Interest, Registry};
 use tokio::time::Instant;
 
 use crate::balance::affinity_timeout;
-use crate::config::Protocol;
+use crate::config::{Cidr, Protocol, ProxyProtocolVersion};
 use crate::proxy::event_loop::{flow_token, register};
+use crate::proxy_protocol::{self, Addresses, Transport, Version};
 use crate::service::{Endpoint, PortPool, Rotation, ServiceState, Snapshot, UdpDrop};
 use batch::{SLOTS, Slots};
 use flows::{FlowId, FlowTable, Route};
@@ -57,6 +95,11 @@ const PER_FLOW: usize = 2 * SLOTS;
 /// Bounds of the sweep period (a quarter of `udp_idle_timeout`).
 const SWEEP_MIN: Duration = Duration::from_millis(10);
 const SWEEP_MAX: Duration = Duration::from_secs(1);
+/// A placeholder address for slots not filled yet.
+const NOWHERE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
 /// Slot numbers in order, for sending a whole batch.
 const IN_ORDER: [u8; SLOTS] = {
     let mut order = [0u8; SLOTS];
@@ -89,6 +132,41 @@ pub struct PortLoop {
     slots: Slots,
     /// Loop milliseconds of the next sweep.
     next_sweep_ms: u64,
+    /// The listening socket's address: the destination of the PROXY headers vipd sends for
+    /// clients that came without one (see the module's header).
+    local: Option<SocketAddr>,
+    /// Whether UDP GRO is on on the listening socket (off while the port reads or writes
+    /// PROXY headers).
+    gro: bool,
+    /// The client of each slot of the batch being forwarded: the peer, or the address its
+    /// PROXY header names.
+    placement: [SocketAddr; SLOTS],
+}
+
+/// What a service port does with PROXY protocol headers, as its service's config says now.
+#[derive(Debug, Clone, Copy)]
+struct Headers {
+    /// Every datagram must begin with a v2 header (`accept_proxy_protocol`).
+    accept: bool,
+    /// Every datagram sent on begins with a v2 header (`proxy_protocol = "v2"`).
+    send: bool,
+}
+
+impl Headers {
+    fn of(config: &crate::config::Service, port: u16) -> Headers {
+        Headers {
+            accept: config
+                .ports
+                .iter()
+                .any(|p| p.protocol == Protocol::Udp && p.port == port && p.accept_proxy_protocol),
+            // "v1" is TCP only: the config refuses it on a service with UDP ports.
+            send: config.proxy_protocol == Some(ProxyProtocolVersion::V2),
+        }
+    }
+
+    fn any(self) -> bool {
+        self.accept || self.send
+    }
 }
 
 impl PortLoop {
@@ -103,8 +181,12 @@ impl PortLoop {
         source: usize,
         now_ms: u64,
     ) -> PortLoop {
-        // Trains of one client's datagrams come in as one message where the kernel can.
-        batch::enable_gro(listen.as_fd());
+        // Trains of one client's datagrams come in as one message where the kernel can, but
+        // for a port with PROXY headers (see the module's header).
+        let gro = !Headers::of(&service.load_snapshot().config, port).any();
+        if gro {
+            batch::enable_gro(listen.as_fd());
+        }
         // Registered now, so the drop counters are exported from the start.
         service.metrics.udp();
         let mut serving = PortLoop {
@@ -119,7 +201,11 @@ impl PortLoop {
             ready_next: Vec::new(),
             slots: Slots::new(),
             next_sweep_ms: 0,
+            local: None,
+            gro,
+            placement: [NOWHERE; SLOTS],
         };
+        serving.local = serving.listen.local_addr().ok();
         serving.next_sweep_ms = now_ms + serving.sweep_period().as_millis() as u64;
         serving
     }
@@ -170,6 +256,10 @@ impl PortLoop {
 
     /// Receives a batch of client datagrams and forwards them; returns how many.
     fn receive_clients(&mut self, stamp: u64) -> usize {
+        // Once per batch: a reload may have changed what the port does with headers.
+        let snapshot = self.service.snapshot();
+        let headers = Headers::of(&snapshot.config, self.port);
+        self.set_gro(!headers.any());
         let received = match receive(&self.listen, &mut self.slots, 0, SLOTS) {
             Ok(received) => received,
             Err(error) => {
@@ -181,8 +271,18 @@ impl PortLoop {
         if received.drained {
             self.listen_readable = false;
         }
-        self.forward_batch(received.count, stamp);
+        self.forward_batch(received.count, stamp, &snapshot.config, headers);
         received.count
+    }
+
+    /// Turns GRO on the listening socket on or off, if it is not already.
+    fn set_gro(&mut self, on: bool) {
+        if self.gro != on {
+            self.gro = on;
+            if !batch::set_gro(self.listen.as_fd(), on) {
+                tracing::debug!(service = self.service.name(), on, "cannot switch UDP GRO");
+            }
+        }
     }
 
     /// Loop milliseconds of the next sweep.
@@ -215,8 +315,15 @@ impl PortLoop {
     }
 
     /// Forwards the `received` client datagrams in the slots: each to its flow (started or
-    /// re-pinned as needed), the datagrams of one flow together in one system call.
-    fn forward_batch(&mut self, received: usize, stamp: u64) {
+    /// re-pinned as needed), the datagrams of one flow together in one system call; with
+    /// `headers`, each read from (and stripped of) its PROXY header, or sent behind vipd's.
+    fn forward_batch(
+        &mut self,
+        received: usize,
+        stamp: u64,
+        config: &crate::config::Service,
+        headers: Headers,
+    ) {
         let mut flows: [FlowId; SLOTS] = [0; SLOTS];
         let mut order: [u8; SLOTS] = [0; SLOTS];
         let mut routed = 0;
@@ -226,7 +333,29 @@ impl PortLoop {
                 self.drop_datagram(UdpDrop::SendFailed, datagram.peer);
                 continue;
             }
-            if let Some(id) = self.route(datagram.peer, stamp) {
+            if headers.any() && datagram.is_train() {
+                // A GRO train queued before GRO went off (a reload gave the port headers): its
+                // datagrams cannot be read or sent one header each.
+                self.drop_datagrams(UdpDrop::SendFailed, datagram.peer, datagram.count());
+                continue;
+            }
+            let (client, destination) = if headers.accept {
+                match self.read_header(slot, &config.proxy_protocol_trusted) {
+                    Some(found) => found,
+                    None => continue,
+                }
+            } else {
+                (datagram.peer, None)
+            };
+            if headers.send {
+                // The address the client sent to: the received header's, else the listener's.
+                let addresses = destination.or(self.local).map(|to| (client, to));
+                self.slots.prepend(slot, |buffer| {
+                    proxy_protocol::encode_v2(addresses, Transport::Datagram, buffer)
+                });
+            }
+            self.placement[slot] = client;
+            if let Some(id) = self.route(datagram.peer, client, stamp) {
                 *flow = id;
                 order[routed] = slot as u8;
                 routed += 1;
@@ -255,21 +384,61 @@ impl PortLoop {
         }
     }
 
-    /// The flow a datagram from `client` goes on; `None` when it is dropped (counted).
-    fn route(&mut self, client: SocketAddr, stamp: u64) -> Option<FlowId> {
-        match self.table.route(client, stamp) {
+    /// Reads the PROXY header at the start of slot `slot` from a peer that must be in
+    /// `trusted`, and strips it: the client it names and the address that client sent to (none
+    /// for LOCAL: the peer is the client). `None` when the datagram is refused (counted).
+    fn read_header(
+        &mut self,
+        slot: usize,
+        trusted: &[Cidr],
+    ) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        let peer = self.slots.meta(slot).peer;
+        let reason = if !trusted.iter().any(|cidr| cidr.contains(peer.ip())) {
+            "untrusted"
+        } else if self.slots.data(slot).starts_with(b"PROXY ") {
+            // The text header is defined for TCP only.
+            "unsupported"
+        } else {
+            match proxy_protocol::parse(self.slots.data(slot)) {
+                Ok(Some(header)) if header.version == Version::V2 => {
+                    self.slots.strip(slot, header.length);
+                    return Some(match header.addresses {
+                        Addresses::Proxied {
+                            source,
+                            destination,
+                            ..
+                        } => (source, Some(destination)),
+                        Addresses::Local => (peer, None),
+                    });
+                }
+                Ok(Some(_)) => "unsupported",
+                // Valid so far, then the datagram ends: it cannot continue in another one.
+                Ok(None) => "malformed",
+                Err(error) => error.reason(),
+            }
+        };
+        self.service.metrics.proxy_protocol_error(reason);
+        // Per datagram, and a remote peer can cause it at will: trace only.
+        tracing::trace!(service = self.service.name(), %peer, reason, "PROXY header refused; datagram dropped");
+        None
+    }
+
+    /// The flow a datagram from `peer` goes on, placed for `client` (the peer, or the client
+    /// its PROXY header names) when it starts or moves; `None` when it is dropped (counted).
+    fn route(&mut self, peer: SocketAddr, client: SocketAddr, stamp: u64) -> Option<FlowId> {
+        match self.table.route(peer, stamp) {
             Route::Forward(id) => Some(id),
-            Route::Repin(id) => self.repin(id).then_some(id),
-            Route::New => self.open(client, stamp),
+            Route::Repin(id) => self.repin(id, client).then_some(id),
+            Route::New => self.open(peer, client, stamp),
         }
     }
 
-    /// Starts the flow of `client`.
-    fn open(&mut self, client: SocketAddr, stamp: u64) -> Option<FlowId> {
+    /// Starts the flow of `peer`, placed for `client`.
+    fn open(&mut self, peer: SocketAddr, client: SocketAddr, stamp: u64) -> Option<FlowId> {
         let snapshot = self.service.load_snapshot();
         let max = usize::try_from(snapshot.config.max_udp_flows.get()).unwrap_or(usize::MAX);
         let (service, port) = (&*self.service, self.port);
-        let opened = self.table.try_insert(max, client, stamp, || {
+        let opened = self.table.try_insert(max, peer, stamp, || {
             let pool = usable_pool(service, &snapshot, port)?;
             let endpoint = pick(pool, &snapshot, client, None);
             let upstream = upstream_socket(service, endpoint)?;
@@ -282,24 +451,25 @@ impl PortLoop {
                 let flow = self.table.get(id).expect("just added");
                 if !self.watch(id, flow.upstream()) {
                     self.table.remove(id);
-                    self.drop_datagram(UdpDrop::Socket, client);
+                    self.drop_datagram(UdpDrop::Socket, peer);
                     return None;
                 }
                 let endpoint = flow.endpoint().addr();
-                tracing::debug!(service = self.service.name(), %client, %endpoint, "udp flow started");
+                tracing::debug!(service = self.service.name(), %peer, %client, %endpoint, "udp flow started");
                 Some(id)
             }
             Err(reason) => {
-                self.drop_datagram(reason, client);
+                self.drop_datagram(reason, peer);
                 None
             }
         }
     }
 
-    /// Places flow `id` again, away from its endpoint; false when its datagram is dropped.
-    fn repin(&mut self, id: FlowId) -> bool {
+    /// Places flow `id` again, away from its endpoint, for `client` (its datagram's); false
+    /// when its datagram is dropped.
+    fn repin(&mut self, id: FlowId, client: SocketAddr) -> bool {
         let flow = self.table.get(id).expect("a routed flow exists");
-        let (client, current, refused) = (
+        let (peer, current, refused) = (
             flow.client(),
             Arc::clone(flow.endpoint()),
             flow.was_refused(),
@@ -329,16 +499,16 @@ impl PortLoop {
             Ok(None) => true,
             Ok(Some((pin, upstream))) => {
                 if !self.watch(id, &upstream) {
-                    self.drop_datagram(UdpDrop::Socket, client);
+                    self.drop_datagram(UdpDrop::Socket, peer);
                     return false;
                 }
-                tracing::debug!(service = self.service.name(), %client, from = %current.addr(), to = %pin.endpoint().addr(), refused, "udp flow re-pinned");
+                tracing::debug!(service = self.service.name(), %peer, %client, from = %current.addr(), to = %pin.endpoint().addr(), refused, "udp flow re-pinned");
                 let flow = self.table.get_mut(id).expect("a routed flow exists");
                 flow.repin(pin, upstream);
                 true
             }
             Err(reason) => {
-                self.drop_datagram(reason, client);
+                self.drop_datagram(reason, peer);
                 false
             }
         }
@@ -370,7 +540,8 @@ impl PortLoop {
                     self.service
                         .connect_failed(&self.service.load_snapshot(), &endpoint);
                     refusals += 1;
-                    if refusals > 2 || !self.repin(id) {
+                    let client = self.placement[usize::from(run[sent])];
+                    if refusals > 2 || !self.repin(id, client) {
                         let client = self.table.get(id).expect("a routed flow exists").client();
                         for &slot in &run[sent..] {
                             let count = self.slots.meta(usize::from(slot)).count();
@@ -430,14 +601,14 @@ impl PortLoop {
         (self.udp_idle_timeout() / 4).clamp(SWEEP_MIN, SWEEP_MAX)
     }
 
-    fn drop_datagram(&self, reason: UdpDrop, client: SocketAddr) {
-        self.drop_datagrams(reason, client, 1);
+    fn drop_datagram(&self, reason: UdpDrop, peer: SocketAddr) {
+        self.drop_datagrams(reason, peer, 1);
     }
 
-    fn drop_datagrams(&self, reason: UdpDrop, client: SocketAddr, count: usize) {
+    fn drop_datagrams(&self, reason: UdpDrop, peer: SocketAddr, count: usize) {
         self.service.metrics.udp().dropped(reason, count);
         // Per datagram, and a remote peer can cause it at will: trace only.
-        tracing::trace!(service = self.service.name(), %client, reason = reason.as_str(), count, "udp datagrams dropped");
+        tracing::trace!(service = self.service.name(), %peer, reason = reason.as_str(), count, "udp datagrams dropped");
     }
 }
 
