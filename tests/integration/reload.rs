@@ -260,7 +260,9 @@ async fn consecutive_connect_failures_eject_an_endpoint_for_a_while() {
     let mut svc = service("ejection", &[dead.addr, alive.addr]);
     svc.outlier = Some(Outlier {
         consecutive_failures: NonZeroU32::new(2).unwrap(),
-        base_ejection_time: Duration::from_millis(300),
+        // Long enough that the four connections made while it is ejected all fall inside it, on
+        // a loaded machine too.
+        base_ejection_time: Duration::from_secs(2),
         max_ejection_percent: 50,
     });
     let vipd = Running::start(vec![svc], true).await;
