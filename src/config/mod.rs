@@ -208,6 +208,13 @@ pub struct Outlier {
 }
 
 impl Service {
+    /// Whether a PROXY header from a peer at `ip` is believed (`proxy_protocol_trusted`).
+    pub fn trusts_proxy_header_from(&self, ip: IpAddr) -> bool {
+        self.proxy_protocol_trusted
+            .iter()
+            .any(|cidr| cidr.contains(ip))
+    }
+
     /// The endpoint addresses behind `port`: each endpoint's IP with its explicit port or the
     /// port's `target_port`.
     pub fn endpoint_addrs(&self, port: &ServicePort) -> Vec<SocketAddr> {

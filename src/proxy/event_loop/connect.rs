@@ -47,7 +47,7 @@ impl EventLoop {
             let accepts = snapshot.config.ports.iter().any(|p| {
                 p.protocol == Protocol::Tcp && p.port == tcp.port && p.accept_proxy_protocol
             });
-            if accepts && !header::trusted(&snapshot.config.proxy_protocol_trusted, peer) {
+            if accepts && !snapshot.config.trusts_proxy_header_from(peer.ip()) {
                 service.metrics.proxy_protocol_error("untrusted");
                 tracing::debug!(service = service.name(), %peer, "peer not in proxy_protocol_trusted; closing");
                 release(service, &self.process_limit, admitted);

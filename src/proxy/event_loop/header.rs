@@ -123,8 +123,3 @@ pub(super) fn write_header(
     buffer[..length].copy_from_slice(&header[..length]);
     early + length
 }
-
-/// Refuses a peer outside `proxy_protocol_trusted` at once.
-pub(super) fn trusted(trusted: &[crate::config::Cidr], peer: SocketAddr) -> bool {
-    trusted.iter().any(|cidr| cidr.contains(peer.ip()))
-}

@@ -416,7 +416,7 @@ impl EventLoop {
         // Woken by `look_at_drains`, or for a command: wake-ups are rare, and a look costs one
         // check per watched signal, so every wake-up looks at the drains this turn.
         self.next_drain_poll_ms = 0;
-        self.resume_limited(now);
+        self.resume_limited();
         self.take_granted(now);
         loop {
             match self.commands.try_recv() {

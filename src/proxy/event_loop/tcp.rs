@@ -237,7 +237,7 @@ impl EventLoop {
 
     /// Listens again on listeners paused on a connection limit (woken by a close); one still
     /// at its limit pauses again at its next report.
-    pub(super) fn resume_limited(&mut self, _now: u64) {
+    pub(super) fn resume_limited(&mut self) {
         for (_, source) in self.sources.iter_mut() {
             if let Source::Tcp(tcp) = source
                 && tcp.limited

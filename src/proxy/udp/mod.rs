@@ -81,7 +81,7 @@ use mio::{Interest, Registry};
 use tokio::time::Instant;
 
 use crate::balance::affinity_timeout;
-use crate::config::{Cidr, Protocol, ProxyProtocolVersion};
+use crate::config::{Protocol, ProxyProtocolVersion};
 use crate::proxy::event_loop::{flow_token, register};
 use crate::proxy_protocol::{self, Addresses, Transport, Version};
 use crate::service::{Endpoint, PortPool, Rotation, ServiceState, Snapshot, UdpDrop};
@@ -340,7 +340,7 @@ impl PortLoop {
                 continue;
             }
             let (client, destination) = if headers.accept {
-                match self.read_header(slot, &config.proxy_protocol_trusted) {
+                match self.read_header(slot, config) {
                     Some(found) => found,
                     None => continue,
                 }
@@ -385,15 +385,16 @@ impl PortLoop {
     }
 
     /// Reads the PROXY header at the start of slot `slot` from a peer that must be in
-    /// `trusted`, and strips it: the client it names and the address that client sent to (none
-    /// for LOCAL: the peer is the client). `None` when the datagram is refused (counted).
+    /// `config`'s `proxy_protocol_trusted`, and strips it: the client it names and the address
+    /// that client sent to (none for LOCAL: the peer is the client). `None` when the datagram
+    /// is refused (counted).
     fn read_header(
         &mut self,
         slot: usize,
-        trusted: &[Cidr],
+        config: &crate::config::Service,
     ) -> Option<(SocketAddr, Option<SocketAddr>)> {
         let peer = self.slots.meta(slot).peer;
-        let reason = if !trusted.iter().any(|cidr| cidr.contains(peer.ip())) {
+        let reason = if !config.trusts_proxy_header_from(peer.ip()) {
             "untrusted"
         } else if self.slots.data(slot).starts_with(b"PROXY ") {
             // The text header is defined for TCP only.
